@@ -1,0 +1,423 @@
+"""WeightPredictor: every rule against an independent float64 re-computation, and the predictor's contract."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from xgrad import WeightPredictor
+from xgrad.optim import AdaBelief, AdaM3
+
+# (id, optimizer factory, kind used by the reference): every supported setting, foreach on and off.
+SETTINGS = []
+for _foreach in (True, False):
+    _f = {"foreach": _foreach}
+    SETTINGS += [
+        (f"sgdm-{_foreach}", lambda p, f=_f: torch.optim.SGD(p, lr=0.1, momentum=0.9, **f)),
+        (
+            f"sgdm-damp-wd-{_foreach}",
+            lambda p, f=_f: torch.optim.SGD(p, lr=0.05, momentum=0.8, dampening=0.3, weight_decay=1e-2, **f),
+        ),
+        (
+            f"sgd-nesterov-{_foreach}",
+            lambda p, f=_f: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3, **f),
+        ),
+        (f"adam-{_foreach}", lambda p, f=_f: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-2, **f)),
+        (f"adam-amsgrad-{_foreach}", lambda p, f=_f: torch.optim.Adam(p, lr=1e-2, amsgrad=True, **f)),
+        (
+            f"adam-decoupled-{_foreach}",
+            lambda p, f=_f: torch.optim.Adam(p, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, **f),
+        ),
+        (f"adamw-{_foreach}", lambda p, f=_f: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1, **f)),
+        (f"adamw-amsgrad-{_foreach}", lambda p, f=_f: torch.optim.AdamW(p, lr=1e-2, amsgrad=True, **f)),
+        (f"adabelief-{_foreach}", lambda p, f=_f: AdaBelief(p, lr=1e-2, weight_decay=1e-2, **f)),
+        (
+            f"adabelief-decoupled-amsgrad-{_foreach}",
+            lambda p, f=_f: AdaBelief(
+                p, lr=1e-2, eps=1e-12, weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True, **f
+            ),
+        ),
+        (f"adam3-{_foreach}", lambda p, f=_f: AdaM3(p, lr=1e-2, weight_decay=1e-2, **f)),
+        (
+            f"adam3-decoupled-amsgrad-{_foreach}",
+            lambda p, f=_f: AdaM3(p, lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True, **f),
+        ),
+    ]
+SETTING_IDS = [s[0] for s in SETTINGS]
+
+
+def reference_prediction(optimizer, p: torch.Tensor, steps: float, include_wd: bool) -> torch.Tensor:
+    """theta_hat from the published rules, in float64, one parameter at a time (no shared code with xgrad)."""
+    state = optimizer.state[p]
+    group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+    theta = p.detach().double()
+    if not state:
+        return theta
+    lr = float(group["lr"])
+    if isinstance(optimizer, torch.optim.SGD):
+        return theta - steps * lr * state["momentum_buffer"].double()
+    beta1, beta2 = group["betas"]
+    t = float(state["step"])
+    m_hat = state["exp_avg"].double() / (1 - beta1**t)
+    v = state["max_exp_avg_sq"] if group["amsgrad"] else state["exp_avg_sq"]
+    v_hat = v.double() / (1 - beta2**t)
+    if isinstance(optimizer, AdaM3):
+        delta = m_hat / v_hat.sqrt()
+    else:
+        delta = m_hat / (v_hat.sqrt() + group["eps"])
+    decoupled = group.get("decoupled_weight_decay", False)
+    decay = 1 - steps * lr * group["weight_decay"] if (include_wd and decoupled) else 1.0
+    return theta * decay - steps * lr * delta
+
+
+def make_params(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(7, 5), (5,), (3, 4, 2), (1,)]
+    return [nn.Parameter(torch.randn(s, generator=g, dtype=dtype)) for s in shapes]
+
+
+def random_steps(optimizer, params, n=5, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        optimizer.step()
+
+
+@pytest.mark.parametrize("steps", [1.0, 0.37, 2.5])
+@pytest.mark.parametrize("include_wd", [False, True])
+@pytest.mark.parametrize(("name", "factory"), [s[:2] for s in SETTINGS], ids=SETTING_IDS)
+def test_rule_matches_reference(name, factory, steps, include_wd):
+    params = make_params()
+    optimizer = factory(params)
+    random_steps(optimizer, params)
+    theta = [p.detach().clone() for p in params]
+    expected = [reference_prediction(optimizer, p, steps, include_wd) for p in params]
+    predictor = WeightPredictor(optimizer, steps=steps, include_weight_decay=include_wd)
+    with predictor:
+        assert predictor.active
+        for p, want, before in zip(params, expected, theta):
+            torch.testing.assert_close(p.detach(), want, rtol=1e-13, atol=1e-14)
+            assert not torch.equal(p.detach(), before)
+    assert not predictor.active
+    for p, before in zip(params, theta):
+        assert torch.equal(p.detach(), before)
+
+
+def test_decoupled_decay_only_with_include_weight_decay():
+    params = make_params()
+    optimizer = torch.optim.AdamW(params, lr=0.1, weight_decay=0.5)
+    random_steps(optimizer, params)
+    with WeightPredictor(optimizer):
+        plain = [p.detach().clone() for p in params]
+    with WeightPredictor(optimizer, include_weight_decay=True):
+        decayed = [p.detach().clone() for p in params]
+    for a, b, p in zip(plain, decayed, params):
+        torch.testing.assert_close(b, a - 0.1 * 0.5 * p.detach(), rtol=1e-13, atol=1e-14)
+
+
+def test_l2_adam_ignores_include_weight_decay():
+    params = make_params()
+    optimizer = torch.optim.Adam(params, lr=0.1, weight_decay=0.5)
+    random_steps(optimizer, params)
+    with WeightPredictor(optimizer):
+        plain = [p.detach().clone() for p in params]
+    with WeightPredictor(optimizer, include_weight_decay=True):
+        same = [p.detach().clone() for p in params]
+    assert all(torch.equal(a, b) for a, b in zip(plain, same))
+
+
+# ----------------------------------------------------------------------------------- the contract
+
+
+def test_restore_is_bit_exact_when_body_raises():
+    params = make_params(torch.float32)
+    optimizer = torch.optim.Adam(params, lr=0.1)
+    random_steps(optimizer, params)
+    before = [p.detach().clone() for p in params]
+    predictor = WeightPredictor(optimizer)
+    with pytest.raises(KeyError), predictor:
+        raise KeyError("boom")
+    assert not predictor.active
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
+def test_forward_and_backward_see_predicted_weights():
+    torch.manual_seed(0)
+    n = 6
+    q = torch.randn(n, n, dtype=torch.float64)
+    a = q @ q.T + n * torch.eye(n, dtype=torch.float64)
+    b = torch.randn(n, dtype=torch.float64)
+    theta = nn.Parameter(torch.randn(n, dtype=torch.float64))
+    optimizer = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
+    predictor = WeightPredictor(optimizer, steps=1.5)
+    for _ in range(4):
+        optimizer.zero_grad(set_to_none=True)
+        buf = optimizer.state[theta].get("momentum_buffer")
+        theta_hat = theta.detach() - 1.5 * 0.05 * buf if buf is not None else theta.detach().clone()
+        with predictor:
+            loss = 0.5 * theta @ a @ theta - b @ theta
+            loss.backward()
+        torch.testing.assert_close(theta.grad, a @ theta_hat - b, rtol=1e-12, atol=1e-12)
+        optimizer.step()
+
+
+def test_predict_twice_or_restore_without_predict_raises():
+    params = make_params()
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    predictor = WeightPredictor(optimizer)
+    with pytest.raises(RuntimeError, match="restore"):
+        predictor.restore()
+    predictor.predict()
+    with pytest.raises(RuntimeError, match="twice"):
+        predictor.predict()
+    predictor.restore()
+
+
+def test_unsupported_optimizer_and_bad_settings():
+    params = make_params()
+    with pytest.raises(TypeError, match=r"RMSprop.*supported optimizers:.*AdamW"):
+        WeightPredictor(torch.optim.RMSprop(params))
+    with pytest.raises(ValueError, match="momentum=0"):
+        WeightPredictor(torch.optim.SGD(params, lr=0.1))
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="steps"):
+            WeightPredictor(torch.optim.Adam(params), steps=bad)
+    with pytest.raises(TypeError, match="steps"):
+        WeightPredictor(torch.optim.Adam(params), steps="1")
+
+
+def _trajectory(factory, predictor_steps, n=6, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
+    optimizer = factory(model.parameters())
+    predictor = None if predictor_steps is None else WeightPredictor(optimizer, steps=predictor_steps)
+    x, y = torch.randn(16, 5), torch.randn(16, 2)
+    for _ in range(n):
+        optimizer.zero_grad(set_to_none=True)
+        if predictor is None:
+            nn.functional.mse_loss(model(x), y).backward()
+        else:
+            with predictor:
+                nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    return [p.detach().clone() for p in model.parameters()], predictor
+
+
+@pytest.mark.parametrize(("name", "factory"), [s[:2] for s in SETTINGS if s[0].endswith("True")])
+def test_steps_zero_is_bit_identical_to_no_predictor(name, factory):
+    plain, _ = _trajectory(factory, None)
+    off, predictor = _trajectory(factory, 0)
+    on, _ = _trajectory(factory, 1)
+    assert all(torch.equal(a, b) for a, b in zip(plain, off))
+    assert not all(torch.equal(a, b) for a, b in zip(plain, on))
+    assert predictor.buffer_bytes == 0
+
+
+def test_buffers_are_one_copy_allocated_once():
+    params = make_params(torch.float32)
+    optimizer = torch.optim.Adam(params, lr=0.1)
+    predictor = WeightPredictor(optimizer)
+    random_steps(optimizer, params, n=1)
+    with predictor:
+        pass
+    spares = {id(t) for t in predictor._spares.values()}
+    for _ in range(3):
+        random_steps(optimizer, params, n=1)
+        with predictor:
+            pass
+    assert {id(t) for t in predictor._spares.values()} == spares
+    assert predictor.buffer_bytes == sum(p.numel() * 4 for p in params)
+
+
+def test_gradient_accumulation_predicts_once_per_step():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1, dtype=torch.float64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    predictor = WeightPredictor(optimizer)
+    x, y = torch.randn(8, 4, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+    random_steps(optimizer, list(model.parameters()), n=3)
+    optimizer.zero_grad(set_to_none=True)
+    with predictor:
+        predicted = copy.deepcopy(model)
+        for chunk_x, chunk_y in zip(x.split(4), y.split(4)):
+            (nn.functional.mse_loss(model(chunk_x), chunk_y) / 2).backward()
+    # The accumulated gradient is the full-batch gradient at the predicted weights.
+    nn.functional.mse_loss(predicted(x), y).backward()
+    for p, q in zip(model.parameters(), predicted.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-14)
+        assert not torch.equal(p.detach(), q.detach())
+
+
+def test_param_groups_scheduler_frozen_and_gradless_params():
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.randn(4, dtype=torch.float64)), nn.Parameter(torch.randn(3, dtype=torch.float64))
+    frozen = nn.Parameter(torch.randn(2, dtype=torch.float64), requires_grad=False)
+    late = nn.Parameter(torch.randn(2, dtype=torch.float64))
+    optimizer = torch.optim.Adam([{"params": [a, frozen, late], "lr": 0.1}, {"params": [b], "lr": 0.01}])
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    predictor = WeightPredictor(optimizer)
+    for step in range(4):
+        a.grad, b.grad = torch.randn(4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+        late.grad = torch.randn(2, dtype=torch.float64) if step == 3 else None  # no gradient until the last step
+        if step == 2:
+            b.grad = None  # b gets no gradient this step: its state is stale but still predicts
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.state[late]["step"] == 1 and optimizer.state[a]["step"] == 4
+    expected = {id(p): reference_prediction(optimizer, p, 1.0, False) for p in (a, b, frozen, late)}
+    before = frozen.detach().clone()
+    with predictor:
+        for p in (a, b, late):
+            torch.testing.assert_close(p.detach(), expected[id(p)], rtol=1e-13, atol=1e-14)
+        assert torch.equal(frozen.detach(), before)
+    assert optimizer.param_groups[0]["lr"] == 0.1 * 0.5**4
+
+
+def test_parameter_without_state_is_unchanged():
+    params = make_params()
+    optimizer = torch.optim.AdamW(params)
+    before = [p.detach().clone() for p in params]
+    with WeightPredictor(optimizer):
+        assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
+def test_bf16_and_fp32_parameters_together():
+    torch.manual_seed(0)
+    p32 = nn.Parameter(torch.randn(16))
+    p16 = nn.Parameter(torch.randn(16, dtype=torch.bfloat16))
+    optimizer = torch.optim.Adam([p32, p16], lr=0.1, foreach=True)
+    random_steps(optimizer, [p32, p16])
+    expected = [reference_prediction(optimizer, p, 1.0, False) for p in (p32, p16)]
+    with WeightPredictor(optimizer):
+        torch.testing.assert_close(p32.detach().double(), expected[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(p16.detach().double(), expected[1], rtol=2e-2, atol=2e-2)
+        assert p16.dtype == torch.bfloat16
+
+
+def test_optimizer_state_dict_round_trip_mid_training():
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 2))
+        return model, AdaBelief(model.parameters(), lr=1e-2)
+
+    def train(model, optimizer, predictor, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            x, y = torch.randn(16, 5, generator=g), torch.randn(16, 2, generator=g)
+            optimizer.zero_grad(set_to_none=True)
+            with predictor:
+                nn.functional.mse_loss(model(x), y).backward()
+            optimizer.step()
+
+    model, optimizer = build()
+    predictor = WeightPredictor(optimizer, steps=2)
+    train(model, optimizer, predictor, 3, seed=1)
+    saved = copy.deepcopy({"m": model.state_dict(), "o": optimizer.state_dict(), "p": predictor.state_dict()})
+    train(model, optimizer, predictor, 3, seed=2)
+
+    model2, optimizer2 = build()
+    model2.load_state_dict(saved["m"])
+    optimizer2.load_state_dict(saved["o"])
+    predictor2 = WeightPredictor(optimizer2)
+    predictor2.load_state_dict(saved["p"])
+    assert predictor2.steps == 2
+    train(model2, optimizer2, predictor2, 3, seed=2)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_grad_scaler_skipped_step_keeps_prediction():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    predictor = WeightPredictor(optimizer)
+    x = torch.randn(8, 4)
+    for _ in range(2):
+        optimizer.zero_grad(set_to_none=True)
+        with predictor:
+            scaler.scale(model(x).pow(2).mean()).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    with predictor:
+        before = [p.detach().clone() for p in model.parameters()]
+    optimizer.zero_grad(set_to_none=True)
+    with predictor:
+        scaler.scale(model(x * float("inf")).sum()).backward()  # non-finite gradients: the step is skipped
+    scaler.step(optimizer)
+    scaler.update()
+    assert scaler.get_scale() == 2.0
+    with predictor:
+        assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
+
+
+def test_every_optimizer_converges_with_and_without_prediction():
+    from xgrad.optim import create_optimizer
+
+    torch.manual_seed(0)
+    n = 10
+    eig = torch.logspace(0, 2, n, dtype=torch.float64)  # condition number 100
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64))
+    a = q @ torch.diag(eig) @ q.T
+    start = torch.randn(n, dtype=torch.float64)
+    settings = {
+        "sgd": {"lr": 0.005},
+        "sgdm": {"lr": 0.002, "momentum": 0.9},
+        "adam": {"lr": 0.05},
+        "adamw": {"lr": 0.05, "weight_decay": 0.0},
+        "adabelief": {"lr": 0.05},
+        "adam3": {"lr": 0.05},
+    }
+    for name, hp in settings.items():
+        for steps in (None, 1.0):
+            if name == "sgd" and steps is not None:
+                continue
+            theta = nn.Parameter(start.clone())
+            optimizer = create_optimizer(name, [theta], **hp)
+            predictor = WeightPredictor(optimizer, steps=steps) if steps else None
+            loss0 = float(0.5 * start @ a @ start)
+            for _ in range(300):
+                optimizer.zero_grad(set_to_none=True)
+                if predictor is not None:
+                    predictor.predict()
+                (0.5 * theta @ a @ theta).backward()
+                if predictor is not None:
+                    predictor.restore()
+                optimizer.step()
+            loss = float(0.5 * theta.detach() @ a @ theta.detach())
+            assert math.isfinite(loss) and loss < 1e-3 * loss0, (name, steps, loss, loss0)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", ["foreach", "fused", "capturable"])
+def test_cuda_adam_predictions_match_reference(kind):
+    params = [nn.Parameter(p.detach().cuda()) for p in make_params(torch.float32)]
+    kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}, "capturable": {"capturable": True}}[kind]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, **kwargs)
+    random_steps(optimizer, params)
+    expected = [reference_prediction(optimizer, p, 1.0, False) for p in params]
+    with WeightPredictor(optimizer):
+        for p, want in zip(params, expected):
+            torch.testing.assert_close(p.detach().double(), want, rtol=1e-5, atol=1e-6)
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_sgd_and_channels_last():
+    model = nn.Conv2d(3, 8, 3).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=True)
+    random_steps(optimizer, list(model.parameters()))
+    expected = [reference_prediction(optimizer, p, 1.0, False) for p in model.parameters()]
+    with WeightPredictor(optimizer):
+        assert model.weight.is_contiguous(memory_format=torch.channels_last)
+        for p, want in zip(model.parameters(), expected):
+            torch.testing.assert_close(p.detach().double(), want, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,332 @@
+"""Weight prediction (XGrad): run forward and backward at the weights the optimizer is about to reach.
+
+Before a mini-batch the parameters ``theta`` are replaced by the predicted weights
+``theta_hat = theta - s * lr * Delta``, where ``Delta`` is the update direction the optimizer's own rule gives
+from its current state and ``s`` is the prediction horizon; after backward, ``theta`` comes back and the
+optimizer steps with the gradients taken at ``theta_hat``.
+
+How it is made cheap: each parameter gets one spare buffer (allocated once). ``predict()`` writes
+``theta_hat`` into the spares with multi-tensor (``torch._foreach_*``) kernels, grouped by device and dtype,
+and then swaps storage (``p.data = spare``) so the parameters *are* the predicted weights; ``restore()`` swaps
+the original storage back. No copy of the weights in or out, restore is bit-exact by construction, and the
+extra memory is one copy of the parameters.
+
+A prediction rule for another optimizer is one function registered with :func:`register_rule`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .optim import AdaBelief, AdaM3
+
+__all__ = ["PredictionBatch", "WeightPredictor", "register_rule", "supported_optimizers"]
+
+
+@dataclass
+class PredictionBatch:
+    """What a rule gets: parameters of one param group, on one device and dtype, that have optimizer state.
+
+    A rule writes ``decay * params[i] - steps * lr * Delta_i`` into ``out[i]`` (never into ``params`` or the
+    state), where ``decay`` is ``1 - steps * lr * weight_decay`` for a decoupled decay when the predictor
+    includes it, else 1.
+    """
+
+    group: dict[str, Any]
+    params: list[Tensor]
+    states: list[dict[str, Any]]
+    out: list[Tensor]
+    steps: float
+    include_weight_decay: bool
+
+    @property
+    def lr(self) -> float:
+        """The group's current learning rate as a Python float."""
+        return float(self.group["lr"])
+
+
+RuleFn = Callable[[PredictionBatch], None]
+
+
+@dataclass(frozen=True)
+class _Rule:
+    fn: RuleFn
+    state_key: str
+    check_group: Callable[[dict[str, Any]], None] | None
+
+
+_RULES: dict[type, _Rule] = {}
+
+
+def register_rule(
+    *optimizer_classes: type[Optimizer],
+    state_key: str,
+    check_group: Callable[[dict[str, Any]], None] | None = None,
+) -> Callable[[RuleFn], RuleFn]:
+    """Register ``fn(batch: PredictionBatch)`` as the prediction rule of ``optimizer_classes`` (and subclasses).
+
+    ``state_key`` names the state entry a parameter must have to be predicted (parameters without it, e.g.
+    before their first step, keep their weights). ``check_group(group)`` raises ``ValueError`` for settings the
+    rule cannot predict from; it runs when the predictor is built and before each prediction.
+    """
+
+    def decorate(fn: RuleFn) -> RuleFn:
+        for cls in optimizer_classes:
+            _RULES[cls] = _Rule(fn, state_key, check_group)
+        return fn
+
+    return decorate
+
+
+def supported_optimizers() -> list[str]:
+    """Names of the optimizer classes that have a prediction rule."""
+    return sorted({f"{cls.__module__}.{cls.__qualname__}" for cls in _RULES})
+
+
+def _find_rule(optimizer: Optimizer) -> _Rule:
+    for cls in type(optimizer).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    raise TypeError(
+        f"no weight-prediction rule for {type(optimizer).__name__}; supported optimizers: "
+        f"{', '.join(supported_optimizers())} (add one with xgrad.predict.register_rule)"
+    )
+
+
+# --------------------------------------------------------------------------------------------- rules
+
+
+def _check_sgd_group(group: dict[str, Any]) -> None:
+    if float(group["momentum"]) == 0.0:
+        raise ValueError(
+            "SGD with momentum=0 has no update direction to predict from: use momentum in (0, 1) or steps=0"
+        )
+
+
+@register_rule(torch.optim.SGD, state_key="momentum_buffer", check_group=_check_sgd_group)
+def sgd_momentum_rule(batch: PredictionBatch) -> None:
+    """SGD with momentum: ``Delta = b``, the momentum buffer.
+
+    With L2 weight decay the decay is already inside ``b``. With ``nesterov=True`` the real step is
+    ``g + momentum * b``; as the next gradient is unknown, ``b`` is used as its approximation.
+    """
+    buffers = [s["momentum_buffer"] for s in batch.states]
+    torch._foreach_copy_(batch.out, batch.params)
+    torch._foreach_add_(batch.out, buffers, alpha=-batch.steps * batch.lr)
+
+
+def _step_counts(states: Sequence[dict[str, Any]]) -> list[float]:
+    steps = [s["step"] for s in states]
+    if all(isinstance(t, Tensor) for t in steps):
+        # One stack and one transfer instead of a host sync per parameter when the counts live on the GPU.
+        return torch.stack([t.reshape(()).to(torch.float64) for t in steps]).tolist()
+    return [float(t) for t in steps]
+
+
+def _scalar_or_list(values: list[float]) -> float | list[float]:
+    # A single scalar lets torch take its fastest path; differing step counts need one value per tensor.
+    return values[0] if all(v == values[0] for v in values) else values
+
+
+def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
+    def rule(batch: PredictionBatch) -> None:
+        group = batch.group
+        beta1, beta2 = (float(b) for b in group["betas"])
+        eps, lr, s = float(group["eps"]), batch.lr, batch.steps
+        second_key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
+        exp_avgs = [st["exp_avg"] for st in batch.states]
+        seconds = [st[second_key] for st in batch.states]
+
+        # m_hat / (sqrt(v_hat) + eps) = sqrt(bc2) / bc1 * m / (sqrt(v) + eps * sqrt(bc2)), with bc = 1 - beta^t:
+        # the bias corrections become per-tensor scalars and the tensor work is six multi-tensor kernels.
+        scales, epsilons = [], []
+        for t in _step_counts(batch.states):
+            bc2_sqrt = math.sqrt(1.0 - beta2**t)
+            scales.append(-s * lr * bc2_sqrt / (1.0 - beta1**t))
+            epsilons.append(eps * bc2_sqrt)
+
+        decay = 1.0
+        wd = float(group.get("weight_decay", 0.0))
+        if batch.include_weight_decay and group.get("decoupled_weight_decay", False) and wd != 0.0:
+            decay = 1.0 - s * lr * wd
+
+        out = batch.out
+        torch._foreach_copy_(out, seconds)
+        torch._foreach_sqrt_(out)
+        if eps_outside_sqrt:
+            torch._foreach_add_(out, _scalar_or_list(epsilons))
+        torch._foreach_reciprocal_(out)
+        torch._foreach_mul_(out, exp_avgs)
+        torch._foreach_mul_(out, _scalar_or_list(scales))
+        torch._foreach_add_(out, batch.params, alpha=decay)
+
+    return rule
+
+
+adam_rule = register_rule(torch.optim.Adam, torch.optim.AdamW, AdaBelief, state_key="exp_avg")(
+    _adaptive_rule(eps_outside_sqrt=True)
+)
+adam_rule.__doc__ = """Adam, AdamW, AdaBelief: ``Delta = m_hat / (sqrt(v_hat) + eps)``.
+
+``v`` is the second moment (AdaBelief's ``s``), or its running maximum with amsgrad. A decoupled weight decay
+(AdamW, or ``decoupled_weight_decay=True``) is left out unless the predictor includes it."""
+
+adam3_rule = register_rule(AdaM3, state_key="exp_avg")(_adaptive_rule(eps_outside_sqrt=False))
+adam3_rule.__doc__ = """AdaM3: ``Delta = m_hat / sqrt(v_hat)`` with ``v`` the EMA of ``m**2`` (eps inside)."""
+
+
+# --------------------------------------------------------------------------------------------- predictor
+
+
+def _validate_steps(steps: float) -> float:
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)):
+        raise TypeError(f"steps must be a number >= 0, got {steps!r}")
+    if not (math.isfinite(steps) and steps >= 0):
+        raise ValueError(f"invalid steps={steps!r}: accepted a finite number >= 0 (0 turns prediction off)")
+    return float(steps)
+
+
+class WeightPredictor:
+    """Swap an optimizer's parameters for their predicted values around forward and backward.
+
+    ``theta_hat = theta - steps * lr * Delta``, with ``Delta`` the update direction of the optimizer's rule at
+    its current state (see the registered rules: SGD with momentum, Adam, AdamW, AdaBelief, AdaM3)::
+
+        predictor = WeightPredictor(optimizer, steps=1)
+        for x, y in loader:
+            optimizer.zero_grad(set_to_none=True)
+            with predictor:                  # parameters hold the predicted weights in here
+                loss_fn(model(x), y).backward()
+            optimizer.step()                 # gradients taken at theta_hat update theta
+
+    With gradient accumulation, predict once per optimizer step: run every micro-batch's forward and backward
+    inside one ``with`` block. Evaluate and save checkpoints outside it (inside, ``model.state_dict()`` holds
+    the predicted weights). Backward must also finish inside the block.
+
+    Args:
+        optimizer: an optimizer with a registered rule; anything else raises ``TypeError``.
+        steps: the prediction horizon ``s >= 0``; 0 turns prediction off at no cost (no buffers).
+        include_weight_decay: also predict a decoupled weight decay,
+            ``theta_hat = theta * (1 - s * lr * wd) - s * lr * Delta`` (off by default, as in the paper).
+    """
+
+    def __init__(self, optimizer: Optimizer, steps: float = 1.0, include_weight_decay: bool = False) -> None:
+        self.optimizer = optimizer
+        self._rule = _find_rule(optimizer)
+        self._steps = _validate_steps(steps)
+        self.include_weight_decay = bool(include_weight_decay)
+        self._spares: dict[Tensor, Tensor] = {}
+        self._swapped: list[tuple[Tensor, Tensor]] = []
+        self._active = False
+        if self._steps > 0:
+            self._check_groups()
+
+    @property
+    def steps(self) -> float:
+        """The prediction horizon ``s``."""
+        return self._steps
+
+    @property
+    def active(self) -> bool:
+        """Whether the parameters currently hold the predicted weights."""
+        return self._active
+
+    @property
+    def buffer_bytes(self) -> int:
+        """Bytes held by the spare buffers (at most one copy of the predicted parameters)."""
+        return sum(t.numel() * t.element_size() for t in self._spares.values())
+
+    def _check_groups(self) -> None:
+        if self._rule.check_group is not None:
+            for group in self.optimizer.param_groups:
+                self._rule.check_group(group)
+
+    def _spare(self, p: Tensor) -> Tensor:
+        spare = self._spares.get(p)
+        if spare is None or spare.shape != p.shape or spare.dtype != p.dtype or spare.device != p.device or (
+            spare.stride() != p.stride()
+        ):
+            spare = torch.empty_like(p, memory_format=torch.preserve_format)
+            self._spares[p] = spare
+        return spare
+
+    def _batches(self) -> list[PredictionBatch]:
+        key = self._rule.state_key
+        batches = []
+        for group in self.optimizer.param_groups:
+            by_kind: dict[tuple, tuple[list, list]] = defaultdict(lambda: ([], []))
+            for p in group["params"]:
+                state = self.optimizer.state.get(p)
+                if state and state.get(key) is not None:
+                    params, states = by_kind[(p.device, p.dtype)]
+                    params.append(p)
+                    states.append(state)
+            for params, states in by_kind.values():
+                out = [self._spare(p) for p in params]
+                batches.append(PredictionBatch(group, params, states, out, self._steps, self.include_weight_decay))
+        return batches
+
+    @torch.no_grad()
+    def predict(self) -> None:
+        """Replace the parameters by their predicted weights (raises if they already hold them)."""
+        if self._active:
+            raise RuntimeError("predict() called twice without restore(): the parameters already hold predictions")
+        if self._steps > 0:
+            self._check_groups()
+            swapped = []
+            for batch in self._batches():
+                self._rule.fn(batch)
+                swapped.extend(zip(batch.params, batch.out))
+            for p, predicted in swapped:
+                theta = p.data
+                p.data = predicted
+                self._swapped.append((p, theta))
+        self._active = True
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Put the original weights back, bit for bit (raises if there is no prediction to undo)."""
+        if not self._active:
+            raise RuntimeError("restore() called without a prediction: call predict() first")
+        for p, theta in self._swapped:
+            p.data = theta
+        self._swapped.clear()
+        self._active = False
+
+    def __enter__(self) -> WeightPredictor:
+        self.predict()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.restore()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Settings to checkpoint (the prediction itself is derived from the optimizer's state)."""
+        return {"steps": self._steps, "include_weight_decay": self.include_weight_decay}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore settings saved by :meth:`state_dict`."""
+        if self._active:
+            raise RuntimeError("cannot load a state while the parameters hold predicted weights")
+        self._steps = _validate_steps(state["steps"])
+        self.include_weight_decay = bool(state["include_weight_decay"])
+
+    def __repr__(self) -> str:
+        return (
+            f"WeightPredictor({type(self.optimizer).__name__}, steps={self._steps:g}, "
+            f"include_weight_decay={self.include_weight_decay})"
+        )
