@@ -1,0 +1,66 @@
+"""CIFAR model zoo and a name-based model registry.
+
+Models are looked up by name so that a Hydra config group entry (``conf/model/<name>.yaml``,
+holding just ``name: <name>``) is enough to pick one::
+
+    model = create_model(cfg.model.name, num_classes=10)
+
+Other modules (e.g. a language-model module) add their own entries with :func:`register_model`;
+they only have to be imported before :func:`create_model` is called, for instance by appending
+them to the import list at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from torch import nn
+
+__all__ = ["MODELS", "count_parameters", "create_model", "register_model"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+"""Registered model factories by name; each takes ``num_classes`` (and optional kwargs)."""
+
+_F = TypeVar("_F", bound=Callable[..., nn.Module])
+
+
+def register_model(name: str) -> Callable[[_F], _F]:
+    """Return a decorator that adds a model factory to :data:`MODELS` under ``name``.
+
+    The factory is returned unchanged, so it stays directly callable. Registering a name twice
+    raises ``ValueError``: silently replacing an entry would make configs resolve to a different
+    model depending on import order.
+    """
+
+    def decorator(factory: _F) -> _F:
+        if name in MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        MODELS[name] = factory
+        return factory
+
+    return decorator
+
+
+def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with ``num_classes`` outputs.
+
+    Extra keyword arguments go to the factory. Raises ``ValueError`` for an unknown name,
+    listing the known ones.
+    """
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        known = ", ".join(sorted(MODELS))
+        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
+    return factory(num_classes=num_classes, **kwargs)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable (``requires_grad``) parameter elements in ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# Imported last, for their side effect of registering entries: they need ``register_model``,
+# which must therefore already exist when they are imported.
+from xgrad.models import densenet, resnet, resnet_cifar, vgg  # noqa: E402, F401
