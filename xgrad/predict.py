@@ -38,13 +38,16 @@ class PredictionBatch:
 
     A rule writes ``decay * params[i] - steps * lr * Delta_i`` into ``out[i]`` (never into ``params`` or the
     state), where ``decay`` is ``1 - steps * lr * weight_decay`` for a decoupled decay when the predictor
-    includes it, else 1.
+    includes it, else 1. The ``out`` tensors are views into the one 1-D tensor ``flat`` (which also holds
+    alignment gaps): an elementwise in-place op on ``flat`` updates every ``out[i]`` in a single kernel, so
+    steps that involve no other tensor cost one call instead of one per parameter.
     """
 
     group: dict[str, Any]
     params: list[Tensor]
     states: list[dict[str, Any]]
     out: list[Tensor]
+    flat: Tensor
     steps: float
     include_weight_decay: bool
 
@@ -132,11 +135,6 @@ def _step_counts(states: Sequence[dict[str, Any]]) -> list[float]:
     return [float(t) for t in steps]
 
 
-def _scalar_or_list(values: list[float]) -> float | list[float]:
-    # A single scalar lets torch take its fastest path; differing step counts need one value per tensor.
-    return values[0] if all(v == values[0] for v in values) else values
-
-
 def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
     def rule(batch: PredictionBatch) -> None:
         group = batch.group
@@ -147,7 +145,8 @@ def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
         seconds = [st[second_key] for st in batch.states]
 
         # m_hat / (sqrt(v_hat) + eps) = sqrt(bc2) / bc1 * m / (sqrt(v) + eps * sqrt(bc2)), with bc = 1 - beta^t:
-        # the bias corrections become per-tensor scalars and the tensor work is six multi-tensor kernels.
+        # the bias corrections become scalars, so only copying v in and combining with m and theta touch
+        # other tensors; everything else runs on the flat buffer in one kernel.
         scales, epsilons = [], []
         for t in _step_counts(batch.states):
             bc2_sqrt = math.sqrt(1.0 - beta2**t)
@@ -159,14 +158,21 @@ def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
         if batch.include_weight_decay and group.get("decoupled_weight_decay", False) and wd != 0.0:
             decay = 1.0 - s * lr * wd
 
-        out = batch.out
+        out, flat = batch.out, batch.flat
         torch._foreach_copy_(out, seconds)
-        torch._foreach_sqrt_(out)
-        if eps_outside_sqrt:
-            torch._foreach_add_(out, _scalar_or_list(epsilons))
-        torch._foreach_reciprocal_(out)
+        if all(x == scales[0] for x in scales):
+            if eps_outside_sqrt:
+                flat.sqrt_().add_(epsilons[0])
+                torch.div(torch.tensor(scales[0], dtype=torch.float64), flat, out=flat)
+            else:
+                flat.rsqrt_().mul_(scales[0])
+        else:  # parameters at different step counts (some skipped steps): per-tensor scalars
+            torch._foreach_sqrt_(out)
+            if eps_outside_sqrt:
+                torch._foreach_add_(out, epsilons)
+            torch._foreach_reciprocal_(out)
+            torch._foreach_mul_(out, scales)
         torch._foreach_mul_(out, exp_avgs)
-        torch._foreach_mul_(out, _scalar_or_list(scales))
         torch._foreach_add_(out, batch.params, alpha=decay)
 
     return rule
@@ -185,6 +191,36 @@ adam3_rule.__doc__ = """AdaM3: ``Delta = m_hat / sqrt(v_hat)`` with ``v`` the EM
 
 
 # --------------------------------------------------------------------------------------------- predictor
+
+
+class _FlatBuffer:
+    """One allocation holding a spare tensor for each parameter, each laid out like its parameter.
+
+    Views start at 64-byte boundaries so that vectorised kernels see aligned data.
+    """
+
+    def __init__(self, params: list[Tensor]) -> None:
+        align = max(1, 64 // params[0].element_size())
+        offsets, total = [], 0
+        for p in params:
+            offsets.append(total)
+            total += -(-p.numel() // align) * align
+        self.params = list(params)
+        self.layouts = [(p.shape, p.stride()) for p in params]
+        self.flat = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
+        self.views = []
+        for p, offset in zip(params, offsets):
+            # Dense parameters (contiguous, channels_last) keep their strides; anything else gets the
+            # contiguous layout of the same shape, which the swap accepts just as well.
+            strides = torch.empty_like(p, device="meta", memory_format=torch.preserve_format).stride()
+            self.views.append(self.flat.as_strided(p.shape, strides, offset))
+
+    def fits(self, params: list[Tensor]) -> bool:
+        """Whether this buffer was made for exactly these parameters, with these shapes and strides."""
+        return len(params) == len(self.params) and all(
+            p is q and (p.shape, p.stride()) == layout for p, q, layout in zip(params, self.params, self.layouts)
+        )
+
 
 
 def _validate_steps(steps: float) -> float:
@@ -224,7 +260,7 @@ class WeightPredictor:
         self._rule = _find_rule(optimizer)
         self._steps = _validate_steps(steps)
         self.include_weight_decay = bool(include_weight_decay)
-        self._spares: dict[Tensor, Tensor] = {}
+        self._buffers: dict[tuple, _FlatBuffer] = {}
         self._swapped: list[tuple[Tensor, Tensor]] = []
         self._active = False
         if self._steps > 0:
@@ -242,37 +278,42 @@ class WeightPredictor:
 
     @property
     def buffer_bytes(self) -> int:
-        """Bytes held by the spare buffers (at most one copy of the predicted parameters)."""
-        return sum(t.numel() * t.element_size() for t in self._spares.values())
+        """Bytes held by the spare buffers: one copy of the predicted parameters (plus 64-byte alignment)."""
+        return sum(b.flat.numel() * b.flat.element_size() for b in self._buffers.values())
 
     def _check_groups(self) -> None:
         if self._rule.check_group is not None:
             for group in self.optimizer.param_groups:
                 self._rule.check_group(group)
 
-    def _spare(self, p: Tensor) -> Tensor:
-        spare = self._spares.get(p)
-        if spare is None or spare.shape != p.shape or spare.dtype != p.dtype or spare.device != p.device or (
-            spare.stride() != p.stride()
-        ):
-            spare = torch.empty_like(p, memory_format=torch.preserve_format)
-            self._spares[p] = spare
-        return spare
+    def _flat_buffer(self, key: tuple, params: list[Tensor]) -> _FlatBuffer:
+        buffer = self._buffers.get(key)
+        if buffer is None or not buffer.fits(params):
+            buffer = _FlatBuffer(params)
+            self._buffers[key] = buffer
+        return buffer
 
     def _batches(self) -> list[PredictionBatch]:
         key = self._rule.state_key
-        batches = []
-        for group in self.optimizer.param_groups:
+        batches, used = [], set()
+        for index, group in enumerate(self.optimizer.param_groups):
             by_kind: dict[tuple, tuple[list, list]] = defaultdict(lambda: ([], []))
             for p in group["params"]:
                 state = self.optimizer.state.get(p)
                 if state and state.get(key) is not None:
-                    params, states = by_kind[(p.device, p.dtype)]
+                    params, states = by_kind[(index, p.device, p.dtype)]
                     params.append(p)
                     states.append(state)
-            for params, states in by_kind.values():
-                out = [self._spare(p) for p in params]
-                batches.append(PredictionBatch(group, params, states, out, self._steps, self.include_weight_decay))
+            for kind, (params, states) in by_kind.items():
+                buffer = self._flat_buffer(kind, params)
+                used.add(kind)
+                batches.append(
+                    PredictionBatch(
+                        group, params, states, buffer.views, buffer.flat, self._steps, self.include_weight_decay
+                    )
+                )
+        for stale in set(self._buffers) - used:  # e.g. the model moved to another device
+            del self._buffers[stale]
         return batches
 
     @torch.no_grad()

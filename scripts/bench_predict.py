@@ -1,0 +1,232 @@
+"""Benchmark weight prediction: cost of predict + restore against the optimizer step and a whole training step.
+
+For a CIFAR ResNet-20 (batch 128) and a 2-layer 200-unit PTB-sized LSTM (batch 20 x 35 tokens), per optimizer,
+on CPU and on CUDA when present, prints the median time of ``optimizer.step()`` (foreach), of predict + restore,
+of a whole training step without and with prediction, their ratios, the extra memory, and our speedup over a
+naive reference (a Python loop over parameters with a clone-based cache, as the paper's released code does).
+
+    python scripts/bench_predict.py [--device cpu cuda] [--repeats 50] [--out results/bench_predict.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xgrad import WeightPredictor
+from xgrad.models import create_model
+from xgrad.optim import AdaM3, create_optimizer
+
+OPTIMIZERS = {
+    "sgdm": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
+    "adam": {"lr": 1e-3, "weight_decay": 5e-4},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
+    "adabelief": {"lr": 1e-3, "eps": 1e-8, "weight_decay": 5e-4},
+    "adam3": {"lr": 1e-3, "eps": 1e-8, "weight_decay": 5e-4},
+}
+
+
+# ----------------------------------------------------------------------------------- workloads
+
+
+def resnet20_workload(device: torch.device):
+    """ResNet-20 on a batch of 128 CIFAR-sized images."""
+    model = create_model("resnet20", num_classes=10).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(128, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+
+    def loss_fn() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return nn.functional.cross_entropy(model(x), y)
+
+    return model, loss_fn
+
+
+def lstm_workload(device: torch.device):
+    """2-layer 200-unit LSTM language model, vocabulary 10,000, batch 20 x bptt 35."""
+    model = create_model("lstm", num_classes=10000, embedding_size=200, hidden_size=200, num_layers=2).to(device)
+    tokens = torch.randint(0, 10000, (36, 20), device=device)
+
+    def loss_fn() -> torch.Tensor:
+        logits, _ = model(tokens[:-1])
+        return nn.functional.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten())
+
+    return model, loss_fn
+
+
+WORKLOADS = {"resnet20 (batch 128)": resnet20_workload, "lstm 2x200 (20x35)": lstm_workload}
+
+
+# ----------------------------------------------------------------------------------- the naive reference
+
+
+class NaivePredictor:
+    """The conventional way: per-parameter Python loop, clone the weights, compute in place, copy back."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: float = 1.0) -> None:
+        self.optimizer, self.steps, self.cache = optimizer, steps, []
+
+    @torch.no_grad()
+    def predict(self) -> None:
+        for group in self.optimizer.param_groups:
+            lr = group["lr"]
+            for p in group["params"]:
+                state = self.optimizer.state.get(p)
+                if not state:
+                    continue
+                self.cache.append((p, p.data.clone()))
+                if "momentum_buffer" in state:
+                    p.data.add_(state["momentum_buffer"], alpha=-self.steps * lr)
+                    continue
+                beta1, beta2 = group["betas"]
+                t = float(state["step"])
+                bias_correction1, bias_correction2 = 1 - beta1**t, 1 - beta2**t
+                denom = state["exp_avg_sq"].sqrt() / math.sqrt(bias_correction2)
+                if not isinstance(self.optimizer, AdaM3):
+                    denom.add_(group["eps"])
+                p.data.addcdiv_(state["exp_avg"], denom, value=-self.steps * lr / bias_correction1)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for p, theta in self.cache:
+            p.data.copy_(theta)
+        self.cache.clear()
+
+
+# ----------------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fns: list[Callable[[], None]], device: torch.device, repeats: int, warmup: int = 3) -> list[float]:
+    """Median wall time of each function; calls are interleaved so that drift affects all alike."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+def bench_one(workload, optimizer_name: str, device: torch.device, repeats: int, step_repeats: int) -> dict:
+    torch.manual_seed(0)
+    model, loss_fn = workload(device)
+    optimizer = create_optimizer(optimizer_name, model.parameters(), foreach=True, **OPTIMIZERS[optimizer_name])
+    predictor = WeightPredictor(optimizer, steps=1)
+    naive = NaivePredictor(optimizer, steps=1)
+
+    def train_step(with_prediction: bool) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        if with_prediction:
+            predictor.predict()
+        loss_fn().backward()
+        if with_prediction:
+            predictor.restore()
+        optimizer.step()
+
+    train_step(False)  # creates the optimizer state, so every parameter is predicted from here on
+    loss_fn().backward()  # gradients stay in place for the timed optimizer.step() calls
+
+    def predict_restore() -> None:
+        predictor.predict()
+        predictor.restore()
+
+    def naive_predict_restore() -> None:
+        naive.predict()
+        naive.restore()
+
+    # Stepping repeatedly with the same gradients is fine for timing: the work per step does not change.
+    step_s, ours_s, naive_s = median_seconds(
+        [optimizer.step, predict_restore, naive_predict_restore], device, repeats
+    )
+    plain_s, pred_s = median_seconds(
+        [lambda: train_step(False), lambda: train_step(True)], device, step_repeats
+    )
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {
+        "step_ms": step_s * 1e3,
+        "predict_restore_ms": ours_s * 1e3,
+        "naive_ms": naive_s * 1e3,
+        "train_ms": plain_s * 1e3,
+        "train_pred_ms": pred_s * 1e3,
+        "extra_mib": predictor.buffer_bytes / 2**20,
+        "param_mib": param_bytes / 2**20,
+    }
+
+
+def markdown_table(rows: list[tuple[str, str, str, dict]]) -> str:
+    head = (
+        "| device | model | optimizer | step() ms | predict+restore ms | ratio to step | naive ms | speedup vs naive "
+        "| train step ms | with prediction ms | overhead | extra MiB (params MiB) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for device, model, opt, r in rows:
+        lines.append(
+            f"| {device} | {model} | {opt} | {r['step_ms']:.3f} | {r['predict_restore_ms']:.3f} "
+            f"| {r['predict_restore_ms'] / r['step_ms']:.2f}x | {r['naive_ms']:.3f} "
+            f"| {r['naive_ms'] / r['predict_restore_ms']:.1f}x | {r['train_ms']:.1f} | {r['train_pred_ms']:.1f} "
+            f"| {100 * (r['train_pred_ms'] / r['train_ms'] - 1):+.1f}% | {r['extra_mib']:.2f} ({r['param_mib']:.2f}) |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", nargs="+", default=["cpu", "cuda"], help="devices to try (cuda skipped if absent)")
+    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    parser.add_argument("--repeats", type=int, default=200, help="timed repeats of step and predict+restore")
+    parser.add_argument("--step-repeats", type=int, default=30, help="timed repeats of whole training steps")
+    parser.add_argument("--out", type=Path, help="also write the table and its context to this Markdown file")
+    args = parser.parse_args()
+
+    devices = [torch.device(d) for d in args.device if d != "cuda" or torch.cuda.is_available()]
+    rows = []
+    for device in devices:
+        for model_name, workload in WORKLOADS.items():
+            for opt in args.optimizers:
+                result = bench_one(workload, opt, device, args.repeats, args.step_repeats)
+                rows.append((device.type, model_name, opt, result))
+                print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
+    table = markdown_table(rows)
+    print()
+    print(table)
+    if args.out:
+        gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+        context = (
+            "# Weight prediction cost\n\n"
+            f"Command: `python {' '.join(sys.argv)}`\n\n"
+            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads{gpu}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}.\n\n"
+            "Medians over interleaved repeats. `ratio to step` = predict+restore time / the same optimizer's "
+            "foreach `step()`; `overhead` = whole training step with prediction vs without; `extra MiB` = the "
+            "predictor's spare buffers (one copy of the parameters, allocated once).\n\n"
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.out.with_suffix(".tmp")
+        tmp.write_text(context + table)
+        tmp.replace(args.out)
+
+
+if __name__ == "__main__":
+    main()

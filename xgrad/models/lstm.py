@@ -1,0 +1,65 @@
+"""LSTM language models (Zaremba et al. 2014; pytorch/examples word_language_model)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from xgrad.models import register_model
+
+__all__ = ["LSTMLanguageModel", "lstm"]
+
+Hidden = tuple[Tensor, Tensor]
+
+
+class LSTMLanguageModel(nn.Module):
+    """Embedding, an n-layer LSTM with dropout between layers, and a linear decoder over the vocabulary.
+
+    Inputs are sequence-first token ids ``[T, B]``; ``forward`` returns logits ``[T, B, V]`` and the new
+    hidden state, which the training loop carries (detached) across truncated-BPTT windows.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embedding_size: int = 200,
+        hidden_size: int = 200,
+        num_layers: int = 2,
+        dropout: float = 0.0,
+        tie_weights: bool = False,
+        init_range: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if tie_weights and embedding_size != hidden_size:
+            raise ValueError(
+                f"tie_weights needs embedding_size == hidden_size, got {embedding_size} and {hidden_size}"
+            )
+        self.num_layers, self.hidden_size = num_layers, hidden_size
+        self.drop = nn.Dropout(dropout)
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.rnn = nn.LSTM(embedding_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
+        self.decoder = nn.Linear(hidden_size, vocab_size)
+        if tie_weights:
+            self.decoder.weight = self.embedding.weight
+        # Zaremba et al. initialise every weight uniformly in [-init_range, init_range].
+        for p in self.parameters():
+            nn.init.uniform_(p, -init_range, init_range)
+
+    def init_hidden(self, batch_size: int) -> Hidden:
+        """Zero hidden and cell states for ``batch_size`` sequences."""
+        weight = self.decoder.weight
+        shape = (self.num_layers, batch_size, self.hidden_size)
+        return weight.new_zeros(shape), weight.new_zeros(shape)
+
+    def forward(self, tokens: Tensor, hidden: Hidden | None = None) -> tuple[Tensor, Hidden]:
+        """Logits ``[T, B, V]`` for the next token at every position, and the final hidden state."""
+        if hidden is None:
+            hidden = self.init_hidden(tokens.shape[1])
+        output, hidden = self.rnn(self.drop(self.embedding(tokens)), hidden)
+        return self.decoder(self.drop(output)), hidden
+
+
+@register_model("lstm")
+def lstm(num_classes: int = 10000, **kwargs) -> LSTMLanguageModel:
+    """LSTM language model over a vocabulary of ``num_classes`` tokens (kwargs: sizes, layers, dropout)."""
+    return LSTMLanguageModel(vocab_size=num_classes, **kwargs)
+
