@@ -20,6 +20,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check xgrad tests scripts
 
+# The quick start: SGDM and AdamW, with and without weight prediction, on the generated demo images (CPU, no download).
+demo: $(STAMP)
+	$(PY) -m xgrad.run -m experiment=cpu_demo optimizer=sgdm,adamw predict=false,true hydra.sweep.dir=outputs/sweeps/demo
+	@echo "results: outputs/sweeps/demo (one folder per run: metrics.csv, summary.json)"
+
 bench: $(STAMP)
 	$(PY) scripts/bench_predict.py
 

@@ -129,8 +129,8 @@ def sgd_momentum_rule(batch: PredictionBatch) -> None:
 
 def _step_counts(states: Sequence[dict[str, Any]]) -> list[float]:
     steps = [s["step"] for s in states]
-    if all(isinstance(t, Tensor) for t in steps):
-        # One stack and one transfer instead of a host sync per parameter when the counts live on the GPU.
+    if any(isinstance(t, Tensor) and t.device.type != "cpu" for t in steps):
+        # Step counts on the GPU (fused or capturable optimizers): one transfer instead of a sync per tensor.
         return torch.stack([t.reshape(()).to(torch.float64) for t in steps]).tolist()
     return [float(t) for t in steps]
 

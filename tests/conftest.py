@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny datasets in the real on-disk formats, config composition, and CLI runs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# Fast tiny runs: the generated demo images, a few dozen examples, ResNet-20.
+TINY = [
+    "dataset=demo_images",
+    "dataset.n_train=48",
+    "dataset.n_test=32",
+    "model=resnet20",
+    "epochs=2",
+    "batch_size=16",
+    "eval_batch_size=32",
+    "scheduler=constant",
+    "progress=line",
+]
+
+
+def write_cifar(root: Path, name: str = "cifar10", n_train: int = 40, n_test: int = 20, seed: int = 0) -> Path:
+    """Write a tiny CIFAR-10/100 in the standard python layout (pickled dicts with bytes keys)."""
+    rng = np.random.default_rng(seed)
+    classes = 10 if name == "cifar10" else 100
+    label_key = b"labels" if name == "cifar10" else b"fine_labels"
+
+    def batch(n: int) -> dict:
+        return {
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+            label_key: [int(x) for x in rng.integers(0, classes, n)],
+            b"batch_label": b"tiny",
+        }
+
+    if name == "cifar10":
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(parents=True, exist_ok=True)
+        per = n_train // 5
+        for i in range(1, 6):
+            (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per)))
+        (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test)))
+        meta = {b"label_names": [f"class{i}".encode() for i in range(10)]}
+        (folder / "batches.meta").write_bytes(pickle.dumps(meta))
+    else:
+        folder = root / "cifar-100-python"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "train").write_bytes(pickle.dumps(batch(n_train)))
+        (folder / "test").write_bytes(pickle.dumps(batch(n_test)))
+        meta = {b"fine_label_names": [f"class{i}".encode() for i in range(100)]}
+        (folder / "meta").write_bytes(pickle.dumps(meta))
+    return folder
+
+
+def make_cfg(overrides: list[str], **extra) -> DictConfig:
+    """Compose ``conf/config.yaml`` with overrides, as ``python -m xgrad.run`` would (without Hydra's runtime)."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with open_dict(cfg):
+        for key, value in extra.items():
+            cfg[key] = value
+    return cfg
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m xgrad.run ARGS`` in ``cwd`` (offline, no W&B network)."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "xgrad.run", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cifar_root(tmp_path: Path) -> Path:
+    """A data_root holding tiny CIFAR-10 and CIFAR-100 pickles."""
+    root = tmp_path / "data"
+    write_cifar(root, "cifar10")
+    write_cifar(root, "cifar100")
+    return root

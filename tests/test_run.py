@@ -1,0 +1,272 @@
+"""The runner: configs compose, runs leave complete folders, resume is exact, errors are clear."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CONF, TINY, make_cfg, run_cli
+from xgrad.rundir import read_metrics, read_summary
+from xgrad.trainer import ConfigError, Trainer, train
+
+GROUPS = ["dataset", "model", "optimizer", "scheduler", "logger", "experiment"]
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_every_config_composes(group):
+    for option in _options(group):
+        cfg = make_cfg([f"{group}={option}"])
+        assert cfg.optimizer.name and cfg.model.name and cfg.dataset.name
+
+
+def test_defaults_are_the_classic_setting():
+    cfg = make_cfg([])
+    assert (cfg.dataset.name, cfg.model.name, cfg.optimizer.name) == ("cifar10", "resnet18", "sgdm")
+    assert cfg.optimizer.lr == 0.1 and cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 5e-4
+    assert cfg.batch_size == 128 and cfg.epochs == 200 and cfg.predict is False
+    assert cfg.scheduler.milestones == [150] and cfg.scheduler.gamma == 0.1
+
+
+def test_experiment_presets_follow_the_protocol():
+    presets = _options("experiment")
+    for dataset in ("cifar10", "cifar100"):
+        for model in ("vgg11", "resnet34", "densenet121"):
+            assert f"{dataset}_{model}" in presets
+            cfg = make_cfg([f"experiment={dataset}_{model}", "optimizer=adamw"])
+            assert (cfg.dataset.name, cfg.model.name, cfg.epochs, cfg.batch_size) == (dataset, model, 200, 128)
+            assert cfg.optimizer.weight_decay == 1e-2 and cfg.optimizer.eps == 1e-8
+    assert make_cfg(["experiment=cpu_cifar10_resnet20"]).reduced_scale is True
+    for name in ("adam", "adabelief", "adam3"):
+        opt = make_cfg(["experiment=cifar10_vgg11", f"optimizer={name}"]).optimizer
+        assert (opt.lr, opt.eps, opt.weight_decay) == (1e-3, 1e-8, 5e-4)
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet20", "densenet121", "vgg11"])
+def test_short_cifar_run_per_model_family(tmp_path, cifar_root, model):
+    dataset = "cifar100" if model == "vgg11" else "cifar10"
+    cfg = make_cfg([f"dataset={dataset}", f"model={model}", "epochs=1", "batch_size=4", "eval_batch_size=20",
+                    "train_subset=8",
+                    "progress=line", "optimizer=adabelief", "predict=true", f"data_root={cifar_root}"])  # fmt: skip
+    result = train(cfg, tmp_path / "run")
+    assert result.status == "completed"
+    summary = read_summary(tmp_path / "run")
+    assert summary["dataset"] == dataset and summary["model"] == model and summary["synthetic"] is False
+    assert 0 <= summary["final_test_acc"] <= 1 and summary["epochs_done"] == 1
+
+
+def test_run_folder_contents_and_summary(tmp_path):
+    cfg = make_cfg([*TINY, "optimizer=adamw", "predict=true", "predict_steps=2", "val_size=16", "seed=3"])
+    result = train(cfg, tmp_path, overrides="x=1")
+    assert result.status == "completed"
+    assert {"metrics.csv", "summary.json", "checkpoint.pt"} <= _files(tmp_path)
+    rows = read_metrics(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    expected = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                "epoch_seconds", "samples_per_second"}  # fmt: skip
+    assert expected <= set(rows[0])
+    assert all(0 <= r[k] <= 1 for r in rows for k in ("train_acc", "val_acc", "test_acc"))
+    s = read_summary(tmp_path)
+    for key in ("schema_version", "status", "task", "dataset", "model", "optimizer", "predict", "predict_steps",
+                "seed", "synthetic", "reduced_scale", "epochs_done", "final_test_acc", "best_test_acc", "best_epoch",
+                "best_selected_on", "wall_seconds", "train_seconds", "peak_memory_bytes", "device",
+                "torch_version", "git_commit"):  # fmt: skip
+        assert key in s, key
+    assert s["status"] == "completed" and s["predict"] is True and s["predict_steps"] == 2.0 and s["seed"] == 3
+    assert s["synthetic"] is True and s["best_selected_on"] == "val"
+    best = rows[s["best_epoch"] - 1]
+    assert best["val_acc"] == max(r["val_acc"] for r in rows)
+    assert s["best_test_acc"] == best["test_acc"] and s["final_test_acc"] == rows[-1]["test_acc"]
+    # Atomic writes leave no temporary files behind.
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _comparable(rows):
+    return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "samples_per_second")} for r in rows]
+
+
+def test_kill_and_resume_gives_identical_metrics(tmp_path, monkeypatch):
+    overrides = [*TINY, "epochs=3", "optimizer=sgdm", "predict=true", "scheduler=multistep",
+                 "scheduler.milestones=[2]"]  # fmt: skip
+    whole = tmp_path / "whole"
+    train(make_cfg(overrides), whole)
+
+    killed = tmp_path / "killed"
+    original = Trainer.train_epoch
+
+    def dies_in_third_epoch(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(overrides), killed)
+    assert read_summary(killed)["status"] == "interrupted" and len(read_metrics(killed)) == 2
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert train(make_cfg(overrides), killed).status == "completed"
+    assert _comparable(read_metrics(killed)) == _comparable(read_metrics(whole))
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(killed / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_rerunning_a_completed_run_does_nothing(tmp_path, caplog):
+    caplog.set_level("INFO", logger="xgrad")
+    cfg = make_cfg([*TINY, "epochs=1"])
+    train(cfg, tmp_path)
+    before = (tmp_path / "metrics.csv").read_text()
+    result = train(cfg, tmp_path)
+    assert result.skipped and result.status == "completed"
+    assert (tmp_path / "metrics.csv").read_text() == before
+    assert "already completed" in caplog.text
+
+
+def test_divergence_marks_run_and_stops(tmp_path):
+    cfg = make_cfg([*TINY, "epochs=3", "optimizer=sgdm", "optimizer.lr=1e30"])
+    result = train(cfg, tmp_path)
+    assert result.status == "diverged"
+    assert read_summary(tmp_path)["status"] == "diverged"
+
+
+def test_failure_is_recorded_and_reraised(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="cannot read checkpoint"):
+        train(make_cfg(TINY), tmp_path)
+    # The checkpoint is unreadable before training starts: no summary claims anything ran.
+    assert read_summary(tmp_path) is None or read_summary(tmp_path)["status"] == "failed"
+
+
+def test_exception_during_training_marks_failed(tmp_path, monkeypatch):
+    def boom(self, epoch):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(Trainer, "train_epoch", boom)
+    with pytest.raises(OSError):
+        train(make_cfg(TINY), tmp_path)
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "failed" and "disk on fire" in summary["error"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer.lr=-1"], "lr=-1"),
+        (["predict_steps=-0.5"], "predict_steps=-0.5"),
+        (["optimizer=sgd", "predict=true"], "optimizer='sgd'"),
+        (["grad_accum=0"], "grad_accum=0"),
+        (["optimizer=adam", "optimizer.betas=[0.9,1.5]"], r"betas\[1\]=1.5"),
+        (["scheduler.interval=hourly"], "interval='hourly'"),
+    ],
+)
+def test_bad_values_raise_config_errors(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg([*TINY, *overrides]), tmp_path)
+
+
+def test_gradient_accumulation_and_clipping_run(tmp_path):
+    cfg = make_cfg([*TINY, "epochs=1", "grad_accum=2", "grad_clip=1.0", "predict=true", "label_smoothing=0.1"])
+    assert train(cfg, tmp_path).status == "completed"
+
+
+def test_seeded_cpu_runs_are_bit_reproducible(tmp_path):
+    cfg = make_cfg([*TINY, "optimizer=adam3", "predict=true"])
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    assert _comparable(read_metrics(tmp_path / "a")) == _comparable(read_metrics(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("mode", ["disabled", "offline"])
+def test_wandb_modes(tmp_path, monkeypatch, mode):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = make_cfg([*TINY, "epochs=1", "logger=wandb", f"logger.mode={mode}"])
+    assert train(cfg, tmp_path).status == "completed"
+    offline_runs = list((tmp_path / "wandb").glob("offline-run-*")) if (tmp_path / "wandb").exists() else []
+    assert bool(offline_runs) == (mode == "offline")
+
+
+def test_tensorboard_logger(tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = make_cfg([*TINY, "epochs=1", "logger=tensorboard"])
+    assert train(cfg, tmp_path).status == "completed"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_broken_tracker_warns_and_training_goes_on(tmp_path, monkeypatch):
+    import wandb
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(wandb, "init", no_network)
+    cfg = make_cfg([*TINY, "epochs=1", "logger=wandb", "logger.mode=online"])
+    with pytest.warns(UserWarning, match="W&B disabled"):
+        assert train(cfg, tmp_path).status == "completed"
+
+
+# ----------------------------------------------------------------------------------- the command line
+
+
+def test_cli_run_folder_and_rerun(tmp_path):
+    args = [*TINY, "epochs=1", "optimizer=adamw", "predict=true"]
+    first = run_cli(args, tmp_path)
+    assert first.returncode == 0, first.stderr
+    folders = list((tmp_path / "outputs" / "runs").glob("*/seed=0"))
+    assert len(folders) == 1
+    assert "optimizer=adamw" in folders[0].parent.name and "progress" not in folders[0].parent.name
+    assert (folders[0] / ".hydra" / "config.yaml").exists()
+    second = run_cli(args, tmp_path)
+    assert second.returncode == 0 and "already completed" in second.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimizer=lamb"], "lamb"),
+        (["model=resnet1000"], "resnet1000"),
+        (["optimizer.lr=-0.1"], "lr=-0.1"),
+        (["optimizer=sgd", "predict=true"], "predict=true"),
+    ],
+)
+def test_cli_bad_overrides_exit_nonzero(tmp_path, args, message):
+    proc = run_cli([*TINY, *args], tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
+
+
+def test_cli_missing_and_corrupt_data_offline(tmp_path):
+    empty = tmp_path / "nodata"
+    proc = run_cli(["dataset.download=false", f"data_root={empty}", "epochs=1"], tmp_path)
+    assert proc.returncode != 0
+    assert str(empty) in proc.stderr and "cifar-10-batches-py" in proc.stderr
+
+    from tests.conftest import write_cifar
+
+    folder = write_cifar(tmp_path / "bad")
+    (folder / "data_batch_3").write_bytes(b"\x80\x04truncated")
+    proc = run_cli([f"data_root={tmp_path / 'bad'}", "epochs=1"], tmp_path)
+    assert proc.returncode != 0 and "data_batch_3" in proc.stderr
+
+
+def test_cli_multirun_goes_on_after_a_failed_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    # The middle job has an invalid lr: it fails, the others still run, and the sweep exits non-zero.
+    proc = run_cli(["-m", *TINY, "epochs=1", "optimizer.lr=0.1,-1,0.05", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    summaries = {p.parent.parent.name: json.loads(p.read_text()) for p in sweep.rglob("summary.json")}
+    assert sorted(s["status"] for s in summaries.values()) == ["completed", "completed", "failed"]
+    failed = next(s for s in summaries.values() if s["status"] == "failed")
+    assert "lr=-1" in failed["error"]
+    assert "3 jobs" in proc.stdout and "1 failed" in proc.stdout

@@ -1,0 +1,60 @@
+"""``python -m xgrad.run [overrides]``: train one configuration (or a grid with ``-m``) into a run folder.
+
+Examples::
+
+    python -m xgrad.run optimizer=adamw predict=true
+    python -m xgrad.run -m optimizer=sgdm,adamw predict=false,true seed=0,1,2 experiment=cifar10_resnet34
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from xgrad.data import DataError
+from xgrad.rundir import SUMMARY, write_summary
+from xgrad.trainer import ConfigError, base_summary, train
+
+log = logging.getLogger("xgrad")
+
+# The run folder is named by the overrides; a run with none gets "default" instead of an empty name.
+OmegaConf.register_new_resolver("xgrad_dirname", lambda overrides: overrides or "default", replace=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point: train ``cfg`` in its run folder; in a multirun, a failed job never stops the rest."""
+    hydra_cfg = HydraConfig.get()
+    folder = Path(hydra_cfg.runtime.output_dir)
+    overrides = hydra_cfg.job.override_dirname
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if (folder / SUMMARY).exists():
+        os.utime(folder / SUMMARY)  # marks the job as part of this launch for the sweep summary
+    try:
+        result = train(cfg, folder, overrides)
+    except (ConfigError, DataError) as e:
+        log.error("%s", e)
+        write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": str(e)})
+        if multirun:
+            return
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("job failed (see %s); the sweep goes on", folder / SUMMARY)
+        return
+    if not multirun:
+        verb = "was already" if result.skipped else "is"
+        print(f"run {verb} {result.status}: {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The run folder: atomic writes of metrics.csv, summary.json and checkpoints, and reading them back.
+
+Everything is written to a temporary file in the same folder and renamed over the target, so a killed run
+never leaves a half-written file behind: readers see either the old version or the new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT",
+    "METRICS",
+    "SCHEMA_VERSION",
+    "SUMMARY",
+    "atomic_write",
+    "read_metrics",
+    "read_summary",
+    "save_checkpoint",
+    "write_metrics",
+    "write_summary",
+]
+
+SCHEMA_VERSION = 1
+METRICS, SUMMARY, CHECKPOINT = "metrics.csv", "summary.json", "checkpoint.pt"
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary sibling, fsync it, and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def write_summary(folder: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` (flat keys; NaN becomes null, infinities strings, so it stays valid JSON)."""
+    text = json.dumps({k: _json_safe(v) for k, v in summary.items()}, indent=2, sort_keys=False) + "\n"
+    atomic_write(folder / SUMMARY, lambda f: f.write(text.encode()))
+
+
+def read_summary(folder: Path) -> dict[str, Any] | None:
+    """The run's summary, or None when there is none yet (raises ``ValueError`` if it is not valid JSON)."""
+    path = folder / SUMMARY
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def write_metrics(folder: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.csv`` with all epochs so far (one row per epoch; columns in first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _format(v) for k, v in row.items()})
+    atomic_write(folder / METRICS, lambda f: f.write(buffer.getvalue().encode()))
+
+
+def _format(value: Any) -> Any:
+    return repr(value) if isinstance(value, float) else value
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """Rows of ``metrics.csv`` with numbers parsed (empty list when absent)."""
+    path = folder / METRICS
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _parse(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text if text != "" else None
+
+
+def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
+    """Atomically save ``checkpoint.pt``."""
+    atomic_write(folder / CHECKPOINT, lambda f: torch.save(state, f))

@@ -1,0 +1,421 @@
+"""The training loop shared by every task: one configuration in, a complete run folder out.
+
+Per epoch: train (with weight prediction around forward and backward when ``predict=true``), evaluate at the
+current weights, append a row to ``metrics.csv``, save the checkpoint and refresh ``summary.json``. A re-run of
+the same command resumes from the checkpoint and ends with the same metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from xgrad import WeightPredictor
+from xgrad.optim import OPTIMIZERS, create_optimizer
+from xgrad.rundir import CHECKPOINT, SCHEMA_VERSION, read_summary, save_checkpoint, write_metrics, write_summary
+from xgrad.schedulers import create_scheduler
+from xgrad.tasks import Runtime, Stats, Task, create_task
+from xgrad.tracking import Trackers
+
+__all__ = ["ConfigError", "RunResult", "train"]
+
+log = logging.getLogger("xgrad")
+
+
+class ConfigError(ValueError):
+    """The configuration asks for something invalid; the message names the value and the accepted ones."""
+
+
+class Diverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` did: the final status and summary."""
+
+    status: str
+    summary: dict[str, Any]
+    skipped: bool = False
+
+
+# ----------------------------------------------------------------------------------- configuration
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` for a bad top-level value, before anything is built."""
+
+    def require(ok: bool, key: str, accepted: str) -> None:
+        if not ok:
+            raise ConfigError(f"invalid {key}={OmegaConf.select(cfg, key)!r}: accepted {accepted}")
+
+    require(isinstance(cfg.predict, bool), "predict", "true or false")
+    steps = cfg.predict_steps
+    require(isinstance(steps, (int, float)) and math.isfinite(steps) and steps >= 0, "predict_steps", "a number >= 0")
+    for key in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
+        value = cfg[key]
+        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, "an integer >= 1")
+    require(isinstance(cfg.val_size, int) and cfg.val_size >= 0, "val_size", "an integer >= 0")
+    require(cfg.train_subset is None or (isinstance(cfg.train_subset, int) and cfg.train_subset >= 1),
+            "train_subset", "null or an integer >= 1")  # fmt: skip
+    require(cfg.grad_clip is None or (isinstance(cfg.grad_clip, (int, float)) and cfg.grad_clip > 0),
+            "grad_clip", "null or a number > 0")  # fmt: skip
+    require(0 <= cfg.label_smoothing < 1, "label_smoothing", "0 <= label_smoothing < 1")
+    require(cfg.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+    require(cfg.progress in ("auto", "bar", "line"), "progress", "auto, bar or line")
+    name = cfg.optimizer.name
+    require(name in OPTIMIZERS, "optimizer.name", f"one of {sorted(OPTIMIZERS)}")
+    if cfg.predict and cfg.predict_steps > 0 and not OPTIMIZERS[name].can_predict:
+        predictable = sorted(n for n, spec in OPTIMIZERS.items() if spec.can_predict)
+        raise ConfigError(
+            f"predict=true with optimizer={name!r}: plain SGD (momentum 0) has no update direction to predict "
+            f"from; use one of {predictable}, or predict=false"
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a :class:`ConfigError`."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("invalid device='cuda': no CUDA device is available (use device=cpu or auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def git_commit() -> str | None:
+    """The commit of the xgrad checkout, if it is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """Peak device memory on CUDA; the process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# ----------------------------------------------------------------------------------- state
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Progress:
+    """Everything about the run so far that is not in the model, optimizer or scheduler."""
+
+    epoch: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    wall_seconds: float = 0.0
+    train_seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------- the loop
+
+
+class Trainer:
+    """Owns one run: builds task, optimizer, predictor and schedule from ``cfg``; trains; writes ``folder``."""
+
+    def __init__(self, cfg: DictConfig, folder: Path, overrides: str = "") -> None:
+        validate_config(cfg)
+        self.cfg, self.folder, self.overrides = cfg, folder, overrides
+        self.started = time.perf_counter()
+        device = resolve_device(cfg.device)
+        cuda = device.type == "cuda"
+        self.runtime = Runtime(device, amp_dtype=torch.bfloat16 if cuda else None, channels_last=cuda)
+        seed_everything(cfg.seed)
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        self.task: Task = create_task(cfg, self.runtime)
+        self.model: nn.Module = self.task.model
+        if cfg.compile:
+            self.task.model = torch.compile(self.model)  # the task calls the compiled module; we save the original
+        hp = {k: v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items() if k != "name"}
+        try:
+            self.optimizer = create_optimizer(cfg.optimizer.name, self.model.parameters(), foreach=True, **hp)
+        except ValueError as e:
+            raise ConfigError(f"optimizer={cfg.optimizer.name}: {e}") from e
+        self.predictor = None
+        if cfg.predict and cfg.predict_steps > 0:
+            self.predictor = WeightPredictor(self.optimizer, cfg.predict_steps, cfg.predict_weight_decay)
+        steps_per_epoch = math.ceil(self.task.num_batches() / cfg.grad_accum)
+        try:
+            self.scheduler, self.interval = create_scheduler(self.optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"scheduler: {e}") from e
+        self.progress = Progress()
+
+    # -------------------------------------------------------------------- checkpoints
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "predictor": self.predictor.state_dict() if self.predictor else None,
+            "task": self.task.state_dict(),
+            "rng": _rng_state(),
+            "progress": self.progress.__dict__,
+        }
+
+    def load_checkpoint(self, path: Path) -> None:
+        try:
+            state = torch.load(path, map_location=self.runtime.device, weights_only=False)
+        except Exception as e:
+            raise RuntimeError(f"cannot read checkpoint {path}: {e} (delete it, or set resume=false)") from e
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.predictor and state["predictor"]:
+            self.predictor.load_state_dict(state["predictor"])
+        self.task.load_state_dict(state["task"])
+        _set_rng_state(state["rng"])
+        self.progress = Progress(**state["progress"])
+
+    # -------------------------------------------------------------------- one epoch
+
+    def train_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+        """Train one epoch; return its metrics and the number of samples (or tokens) seen."""
+        cfg, task = self.cfg, self.task
+        self.model.train()
+        totals: Stats = {}
+        bar = self._progress_bar(epoch)
+        batches = task.train_batches(epoch)
+        predictor = self.predictor or contextlib.nullcontext()
+        check_every = 1 if self.runtime.device.type == "cpu" else 25  # avoid a host sync per step on GPU
+        for step in range(math.ceil(task.num_batches() / cfg.grad_accum)):
+            micro = [b for _, b in zip(range(cfg.grad_accum), batches)]
+            self.optimizer.zero_grad(set_to_none=True)
+            with predictor:  # forward and backward of every micro-batch see the predicted weights
+                for batch in micro:
+                    loss, stats = task.train_loss(batch)
+                    (loss / len(micro)).backward()
+                    for k, v in stats.items():
+                        totals[k] = totals[k] + v if k in totals else v
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if self.interval == "step":
+                self.scheduler.step()
+            if step % check_every == 0 and not torch.isfinite(totals["loss_sum"]):
+                raise Diverged(f"non-finite training loss at epoch {epoch + 1}, step {step + 1}")
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0:
+                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self._lr():.3g}")
+        if bar is not None:
+            bar.close()
+        if not torch.isfinite(totals["loss_sum"]):
+            raise Diverged(f"non-finite training loss in epoch {epoch + 1}")
+        return task.metrics("train", totals), int(totals["count"])
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        metrics: dict[str, float] = {}
+        for split in self.task.eval_splits:
+            metrics.update(self.task.metrics(split, self.task.evaluate(split)))
+        return metrics
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _progress_bar(self, epoch: int):
+        mode = self.cfg.progress
+        if mode == "line" or (mode == "auto" and not sys.stderr.isatty()):
+            return None
+        from tqdm.auto import tqdm
+
+        steps = math.ceil(self.task.num_batches() / self.cfg.grad_accum)
+        return tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False, dynamic_ncols=True)
+
+    # -------------------------------------------------------------------- the run
+
+    def run(self, trackers: Trackers) -> str:
+        """Train the remaining epochs; return the final status (``completed`` or ``diverged``)."""
+        cfg, progress = self.cfg, self.progress
+        selection = self.task.eval_splits[0]
+        key = f"{selection}_{self.task.metric}"
+        while progress.epoch < cfg.epochs:
+            epoch = progress.epoch
+            lr = self._lr()
+            start = time.perf_counter()
+            try:
+                train_metrics, seen = self.train_epoch(epoch)
+            except Diverged as e:
+                log.warning("%s: stopping, run marked diverged", e)
+                return "diverged"
+            train_time = time.perf_counter() - start
+            eval_metrics = self.evaluate()
+            if self.interval == "epoch":
+                self.scheduler.step()
+            epoch_time = time.perf_counter() - start
+            row = {"epoch": epoch + 1, "lr": lr, **train_metrics, **eval_metrics,
+                   "epoch_seconds": epoch_time, self.task.throughput: seen / train_time}  # fmt: skip
+            progress.rows.append(row)
+            progress.epoch += 1
+            progress.train_seconds += train_time
+            if not math.isfinite(row[key]) or not math.isfinite(row["train_loss"]):
+                log.warning("non-finite %s at epoch %d: run marked diverged", key, epoch + 1)
+                self._save("diverged")
+                return "diverged"
+            best = progress.best_epoch
+            if best is None or self._better(row[key], progress.rows[best - 1][key]):
+                progress.best_epoch = epoch + 1
+            self._save("running")
+            trackers.log_epoch(row)
+            log.info(
+                "epoch %d/%d  lr %.4g  %s  %.1fs",
+                epoch + 1, cfg.epochs, lr,
+                "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith(("train_", "val_", "test_"))),
+                epoch_time,
+            )  # fmt: skip
+        return "completed"
+
+    def _better(self, new: float, old: float) -> bool:
+        return new > old if self.task.higher_is_better else new < old
+
+    def _save(self, status: str) -> None:
+        self.progress.wall_seconds += time.perf_counter() - self.started
+        self.started = time.perf_counter()
+        save_checkpoint(self.folder, self.checkpoint_state())
+        write_metrics(self.folder, self.progress.rows)
+        write_summary(self.folder, self.summary(status))
+
+    def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
+        cfg, progress = self.cfg, self.progress
+        summary = base_summary(cfg, self.overrides, status, synthetic=self.task.synthetic)
+        summary["epochs_done"] = progress.epoch
+        if progress.rows:
+            last = progress.rows[-1]
+            summary.update({f"final_{k}": v for k, v in last.items() if k.startswith(("train_", "val_", "test_"))})
+        if progress.best_epoch is not None:
+            best = progress.rows[progress.best_epoch - 1]
+            summary.update({f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))})
+        summary["best_epoch"] = progress.best_epoch
+        summary["best_selected_on"] = self.task.eval_splits[0]
+        summary.update(
+            wall_seconds=progress.wall_seconds + (time.perf_counter() - self.started),
+            train_seconds=progress.train_seconds,
+            peak_memory_bytes=peak_memory_bytes(self.runtime.device),
+            device=str(self.runtime.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available()
+                                               and self.runtime.device.type == "cuda" else ""),
+        )  # fmt: skip
+        if error is not None:
+            summary["error"] = error
+        return summary
+
+
+def base_summary(cfg: DictConfig, overrides: str, status: str, synthetic: bool | None = None) -> dict[str, Any]:
+    """The identifying part of ``summary.json``: what was run, where, with which code."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "status": status,
+        "task": cfg.dataset.task,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "optimizer": cfg.optimizer.name,
+        "predict": bool(cfg.predict),
+        "predict_steps": float(cfg.predict_steps) if cfg.predict else 0.0,
+        "seed": int(cfg.seed),
+        "overrides": overrides,
+        "synthetic": bool(synthetic) if synthetic is not None else cfg.dataset.name.startswith("demo_"),
+        "reduced_scale": bool(cfg.reduced_scale),
+        "epochs": int(cfg.epochs),
+        "torch_version": torch.__version__,
+        "git_commit": git_commit(),
+    }
+
+
+def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
+    """Train ``cfg`` into ``folder``: resume if a checkpoint exists, skip if already finished.
+
+    Raises :class:`ConfigError` (nothing written) for a bad configuration; any other exception marks the run
+    ``failed`` in ``summary.json`` with the error and is re-raised.
+    """
+    folder = Path(folder)
+    previous = _previous_summary(folder)
+    if cfg.resume and previous and previous.get("status") in ("completed", "diverged"):
+        log.info("already %s: %s (nothing to do; delete the folder or set resume=false to rerun)",
+                 previous["status"], folder)  # fmt: skip
+        return RunResult(previous["status"], previous, skipped=True)
+    validate_config(cfg)
+    trainer = Trainer(cfg, folder, overrides)
+    checkpoint = folder / CHECKPOINT
+    if cfg.resume and checkpoint.exists():
+        trainer.load_checkpoint(checkpoint)
+        log.info("resuming %s after epoch %d", folder, trainer.progress.epoch)
+    elif checkpoint.exists():
+        checkpoint.unlink()
+    trackers = Trackers(cfg, folder, overrides)
+    try:
+        write_summary(folder, trainer.summary("running"))
+        status = trainer.run(trackers)
+        summary = trainer.summary(status)
+        write_summary(folder, summary)
+        trackers.finish(summary)
+        log.info("%s: %s", status, folder)
+        return RunResult(status, summary)
+    except BaseException as e:
+        error = "".join(traceback.format_exception_only(type(e), e)).strip()
+        summary = trainer.summary("failed" if not isinstance(e, KeyboardInterrupt) else "interrupted", error)
+        write_summary(folder, summary)
+        trackers.finish(summary)
+        raise
+    finally:
+        trackers.close()
+
+
+def _previous_summary(folder: Path) -> dict[str, Any] | None:
+    try:
+        return read_summary(folder)
+    except ValueError:
+        return None
+
+
+def environment_note() -> str:
+    """One line about threads and versions, for logs."""
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, pid {os.getpid()}"
