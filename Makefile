@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean sweep-cifar10 sweep-cifar100 sweep-horizon
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ lint: $(STAMP)
 
 # The quick start: SGDM and AdamW, with and without weight prediction, on the generated demo images (CPU, no download).
 demo: $(STAMP)
-	$(PY) -m xgrad.run -m experiment=cpu_demo optimizer=sgdm,adamw predict=false,true hydra.sweep.dir=outputs/sweeps/demo
+	$(PY) -m xgrad.run -m sweep=demo
 	@echo "results: outputs/sweeps/demo (one folder per run: metrics.csv, summary.json)"
+
+# The paper's grids (long: add LAUNCHER="hydra/launcher=slurm" or "hydra/launcher=gpus_local" to run them in parallel).
+LAUNCHER ?=
+sweep-cifar10: $(STAMP)
+	$(PY) -m xgrad.run -m sweep=cifar10_paper $(LAUNCHER)
+sweep-cifar100: $(STAMP)
+	$(PY) -m xgrad.run -m sweep=cifar100_paper $(LAUNCHER)
+sweep-horizon: $(STAMP)
+	$(PY) -m xgrad.run -m sweep=horizon $(LAUNCHER)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_predict.py

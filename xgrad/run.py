@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> None:
             raise
         log.exception("job failed (see %s); the sweep goes on", folder / SUMMARY)
         return
-    if not multirun:
+    if not multirun and int(os.environ.get("RANK", "0")) == 0:
         verb = "was already" if result.skipped else "is"
         print(f"run {verb} {result.status}: {folder}")
 

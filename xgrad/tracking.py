@@ -24,7 +24,7 @@ def wandb_names(cfg: DictConfig, overrides: str) -> dict[str, Any]:
     """Project, group, name and tags for W&B: the seeds of one configuration share a group."""
     config_key = overrides or "default"
     experiment = f"{cfg.dataset.name}-{cfg.model.name}"
-    prediction = f"predict{cfg.predict_steps:g}" if cfg.predict else "no-predict"
+    prediction = f"predict{cfg.predict_steps:g}" if cfg.predict and cfg.predict_steps > 0 else "no-predict"
     return {
         "group": f"{experiment}/{cfg.optimizer.name}/{prediction}/{config_key}",
         "name": f"{cfg.optimizer.name}-{prediction}-seed{cfg.seed}",
@@ -37,9 +37,9 @@ def wandb_names(cfg: DictConfig, overrides: str) -> dict[str, Any]:
 class Trackers:
     """The trackers chosen with ``logger=...``; every method is safe to call when none is."""
 
-    def __init__(self, cfg: DictConfig, folder: Path, overrides: str = "") -> None:
+    def __init__(self, cfg: DictConfig, folder: Path, overrides: str = "", enabled: bool = True) -> None:
         self.cfg, self.folder = cfg, folder
-        chosen = (cfg.get("logger") or {}).get("trackers") or {}
+        chosen = ((cfg.get("logger") or {}).get("trackers") or {}) if enabled else {}
         self.wandb_run = self._start_wandb(overrides) if chosen.get("wandb") else None
         self.tensorboard = self._start_tensorboard() if chosen.get("tensorboard") else None
 
@@ -50,8 +50,10 @@ class Trackers:
 
             names = wandb_names(self.cfg, overrides)
             mode = os.environ.get("WANDB_MODE", lcfg.mode)
-            # A stable id per run folder, so a resumed run continues the same W&B run.
-            run_id = hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:16]
+            # A stable id per run folder, so a resumed run continues the same W&B run; under a W&B sweep agent
+            # the agent assigns the run instead.
+            in_sweep = "WANDB_SWEEP_ID" in os.environ
+            run_id = None if in_sweep else hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:16]
             return wandb.init(
                 project=lcfg.project,
                 entity=lcfg.entity,
@@ -62,7 +64,7 @@ class Trackers:
                 dir=str(self.folder),
                 mode=mode,
                 id=run_id,
-                resume="allow",
+                resume=None if in_sweep else "allow",
                 reinit="finish_previous",
             )
         except Exception as e:  # any tracker failure must not stop training

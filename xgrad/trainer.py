@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from xgrad import WeightPredictor
+from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed
 from xgrad.optim import OPTIMIZERS, create_optimizer
 from xgrad.rundir import CHECKPOINT, SCHEMA_VERSION, read_summary, save_checkpoint, write_metrics, write_summary
 from xgrad.schedulers import create_scheduler
@@ -164,15 +165,29 @@ class Trainer:
         self.started = time.perf_counter()
         device = resolve_device(cfg.device)
         cuda = device.type == "cuda"
-        self.runtime = Runtime(device, amp_dtype=torch.bfloat16 if cuda else None, channels_last=cuda)
+        self.dist: DistributedContext = setup_distributed(device.type)
+        if self.dist.enabled:
+            if cfg.batch_size % self.dist.world_size:
+                raise ConfigError(
+                    f"invalid batch_size={cfg.batch_size}: with {self.dist.world_size} processes it must be a "
+                    "multiple of the world size (batch_size is the global batch)"
+                )
+            if cuda:
+                device = torch.device("cuda", self.dist.local_rank)
+        self.runtime = Runtime(device, amp_dtype=torch.bfloat16 if cuda else None, channels_last=cuda,
+                               rank=self.dist.rank, world_size=self.dist.world_size)  # fmt: skip
         seed_everything(cfg.seed)
         if cuda:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.task: Task = create_task(cfg, self.runtime)
-        self.model: nn.Module = self.task.model
+        self.model: nn.Module = self.task.model  # the plain module: optimizer, checkpoints, prediction
         if cfg.compile:
-            self.task.model = torch.compile(self.model)  # the task calls the compiled module; we save the original
+            self.task.model = torch.compile(self.task.model)
+        if self.dist.enabled:
+            self.task.model = nn.parallel.DistributedDataParallel(
+                self.task.model, device_ids=[device.index] if cuda else None
+            )
         hp = {k: v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items() if k != "name"}
         try:
             self.optimizer = create_optimizer(cfg.optimizer.name, self.model.parameters(), foreach=True, **hp)
@@ -226,13 +241,16 @@ class Trainer:
         batches = task.train_batches(epoch)
         predictor = self.predictor or contextlib.nullcontext()
         check_every = 1 if self.runtime.device.type == "cpu" else 25  # avoid a host sync per step on GPU
+        if self.dist.enabled:
+            check_every = 0  # ranks could disagree mid-epoch; the reduced epoch totals are checked instead
         for step in range(math.ceil(task.num_batches() / cfg.grad_accum)):
             micro = [b for _, b in zip(range(cfg.grad_accum), batches)]
             self.optimizer.zero_grad(set_to_none=True)
             with predictor:  # forward and backward of every micro-batch see the predicted weights
-                for batch in micro:
+                for i, batch in enumerate(micro):
                     loss, stats = task.train_loss(batch)
-                    (loss / len(micro)).backward()
+                    with self._gradient_sync(last=i == len(micro) - 1):
+                        (loss / len(micro)).backward()
                     for k, v in stats.items():
                         totals[k] = totals[k] + v if k in totals else v
             if cfg.grad_clip is not None:
@@ -240,7 +258,7 @@ class Trainer:
             self.optimizer.step()
             if self.interval == "step":
                 self.scheduler.step()
-            if step % check_every == 0 and not torch.isfinite(totals["loss_sum"]):
+            if check_every and step % check_every == 0 and not torch.isfinite(totals["loss_sum"]):
                 raise Diverged(f"non-finite training loss at epoch {epoch + 1}, step {step + 1}")
             if bar is not None:
                 bar.update(1)
@@ -248,9 +266,16 @@ class Trainer:
                     bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self._lr():.3g}")
         if bar is not None:
             bar.close()
+        totals = all_reduce_sum(totals, self.dist)
         if not torch.isfinite(totals["loss_sum"]):
             raise Diverged(f"non-finite training loss in epoch {epoch + 1}")
         return task.metrics("train", totals), int(totals["count"])
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        # With accumulation, DDP only needs to average gradients after the last micro-batch.
+        if self.dist.enabled and not last:
+            return self.task.model.no_sync()
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -265,7 +290,7 @@ class Trainer:
 
     def _progress_bar(self, epoch: int):
         mode = self.cfg.progress
-        if mode == "line" or (mode == "auto" and not sys.stderr.isatty()):
+        if not self.dist.is_main or mode == "line" or (mode == "auto" and not sys.stderr.isatty()):
             return None
         from tqdm.auto import tqdm
 
@@ -307,6 +332,8 @@ class Trainer:
                 progress.best_epoch = epoch + 1
             self._save("running")
             trackers.log_epoch(row)
+            if not self.dist.is_main:
+                continue
             log.info(
                 "epoch %d/%d  lr %.4g  %s  %.1fs",
                 epoch + 1, cfg.epochs, lr,
@@ -321,9 +348,11 @@ class Trainer:
     def _save(self, status: str) -> None:
         self.progress.wall_seconds += time.perf_counter() - self.started
         self.started = time.perf_counter()
-        save_checkpoint(self.folder, self.checkpoint_state())
-        write_metrics(self.folder, self.progress.rows)
-        write_summary(self.folder, self.summary(status))
+        if self.dist.is_main:
+            save_checkpoint(self.folder, self.checkpoint_state())
+            write_metrics(self.folder, self.progress.rows)
+            write_summary(self.folder, self.summary(status))
+        barrier(self.dist)
 
     def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
         cfg, progress = self.cfg, self.progress
@@ -358,8 +387,9 @@ def base_summary(cfg: DictConfig, overrides: str, status: str, synthetic: bool |
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
         "optimizer": cfg.optimizer.name,
-        "predict": bool(cfg.predict),
-        "predict_steps": float(cfg.predict_steps) if cfg.predict else 0.0,
+        # predict_steps=0 is prediction off: such runs are the baseline, whatever `predict` says.
+        "predict": bool(cfg.predict and cfg.predict_steps > 0),
+        "predict_steps": float(cfg.predict_steps) if cfg.predict and cfg.predict_steps > 0 else 0.0,
         "seed": int(cfg.seed),
         "overrides": overrides,
         "synthetic": bool(synthetic) if synthetic is not None else cfg.dataset.name.startswith("demo_"),
@@ -390,23 +420,28 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
         log.info("resuming %s after epoch %d", folder, trainer.progress.epoch)
     elif checkpoint.exists():
         checkpoint.unlink()
-    trackers = Trackers(cfg, folder, overrides)
+    main = trainer.dist.is_main
+    trackers = Trackers(cfg, folder, overrides, enabled=main)
     try:
-        write_summary(folder, trainer.summary("running"))
+        if main:
+            write_summary(folder, trainer.summary("running"))
         status = trainer.run(trackers)
         summary = trainer.summary(status)
-        write_summary(folder, summary)
-        trackers.finish(summary)
-        log.info("%s: %s", status, folder)
+        if main:
+            write_summary(folder, summary)
+            trackers.finish(summary)
+            log.info("%s: %s", status, folder)
         return RunResult(status, summary)
     except BaseException as e:
         error = "".join(traceback.format_exception_only(type(e), e)).strip()
         summary = trainer.summary("failed" if not isinstance(e, KeyboardInterrupt) else "interrupted", error)
-        write_summary(folder, summary)
-        trackers.finish(summary)
+        if main:
+            write_summary(folder, summary)
+            trackers.finish(summary)
         raise
     finally:
         trackers.close()
+        trainer.dist.close()
 
 
 def _previous_summary(folder: Path) -> dict[str, Any] | None:

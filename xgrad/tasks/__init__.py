@@ -56,6 +56,11 @@ class Task(ABC):
         self.cfg, self.runtime = cfg, runtime
 
     @property
+    def local_batch_size(self) -> int:
+        """This process's share of the global ``batch_size`` (all of it without data parallelism)."""
+        return int(self.cfg.batch_size) // self.runtime.world_size
+
+    @property
     @abstractmethod
     def eval_splits(self) -> list[str]:
         """Splits evaluated after every epoch, model-selection split first (e.g. ``["val", "test"]``)."""

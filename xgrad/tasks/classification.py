@@ -51,7 +51,7 @@ class ImageClassification(Task):
                 rank=runtime.rank if train_mode else 0, world_size=runtime.world_size if train_mode else 1,
             )  # fmt: skip
 
-        self.train_loader = loader(train, True, int(cfg.batch_size))
+        self.train_loader = loader(train, True, self.local_batch_size)
         self.eval_loaders = {"test": loader(data.test, False, int(cfg.eval_batch_size))}
         if val is not None:
             self.eval_loaders = {"val": loader(val, False, int(cfg.eval_batch_size)), **self.eval_loaders}

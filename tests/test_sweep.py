@@ -1,0 +1,193 @@
+"""Sweeps and scale-out: named grids, relaunch, launchers, the W&B sweep file, data-parallel training."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import CONF, ROOT, TINY, make_cfg, run_cli, write_cifar
+from xgrad.rundir import read_metrics
+
+TINY_1 = [a for a in TINY if not a.startswith("epochs=")] + ["epochs=1"]
+
+
+def _summaries(folder: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(folder)): json.loads(p.read_text()) for p in folder.rglob("summary.json")}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "sweep").glob("*.yaml")))
+def test_named_sweeps_compose(name):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"sweep={name}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert cfg.hydra.sweep.dir == f"outputs/sweeps/{name}"
+    assert "optimizer" in params and ("predict" in params or "predict_steps" in params)
+    for experiment in str(params.experiment).split(","):
+        make_cfg([f"experiment={experiment}"])  # every swept preset exists
+
+
+def test_paper_grids_cover_all_optimizers_with_and_without_prediction():
+    for name in ("cifar10_paper", "cifar100_paper"):
+        params = yaml.safe_load((CONF / "sweep" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+        assert params["optimizer"].split(",") == ["sgdm", "adam", "adamw", "adabelief", "adam3"]
+        assert params["predict"] == "false,true" and len(params["seed"].split(",")) >= 3
+    horizon = yaml.safe_load((CONF / "sweep" / "horizon.yaml").read_text())
+    assert horizon["hydra"]["sweeper"]["params"]["predict_steps"] == "0,0.5,1,2,4"
+
+
+def test_relaunch_skips_completed_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY_1, "optimizer=sgdm,adamw", "predict=true", f"hydra.sweep.dir={sweep}"]
+    first = run_cli(args, tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {k: read_metrics(sweep / k) for k in _summaries(sweep)}
+    assert len(before) == 2 and all(s["status"] == "completed" for s in _summaries(sweep).values())
+    second = run_cli(args, tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert second.stderr.count("already completed") + second.stdout.count("already completed") == 2
+    assert {k: read_metrics(sweep / k) for k in _summaries(sweep)} == before
+    assert "2 jobs: 2 completed" in second.stdout
+
+
+def test_joblib_launcher_runs_jobs_in_parallel(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY_1, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summaries = _summaries(sweep)
+    assert sorted(s["seed"] for s in summaries.values()) == [0, 1]
+    assert all(s["status"] == "completed" and key.endswith(f"seed={s['seed']}") for key, s in summaries.items())
+
+
+def test_submitit_local_launcher_runs_two_jobs(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY_1, "optimizer=sgdm,adam3", "predict=true", "hydra/launcher=submitit_local",
+                    "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summaries = _summaries(sweep)
+    assert sorted(s["optimizer"] for s in summaries.values()) == ["adam3", "sgdm"]
+    assert all(s["status"] == "completed" for s in summaries.values())
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "gpus_local"])
+def test_cluster_launcher_configs_compose(launcher):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hydra/launcher={launcher}", "sweep=cifar10_paper"],
+                      return_hydra_config=True)  # fmt: skip
+    target = cfg.hydra.launcher._target_
+    assert target.endswith("SlurmLauncher" if launcher == "slurm" else "LocalLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two or more GPUs")
+def test_one_gpu_per_job_on_a_multi_gpu_machine(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY_1, "device=cuda", "seed=0,1", "hydra/launcher=gpus_local",
+                    f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all(s["status"] == "completed" for s in _summaries(sweep).values())
+
+
+def test_wandb_sweep_file_runs_its_command_offline(tmp_path):
+    spec = yaml.safe_load((ROOT / "sweeps" / "wandb_cifar10_resnet34.yaml").read_text())
+    assert spec["method"] == "grid" and "${args_no_hyphens}" in spec["command"]
+    params = spec["parameters"]
+    assert params["optimizer"]["values"] == ["sgdm", "adam", "adamw", "adabelief", "adam3"]
+    assert params["predict"]["values"] == [False, True]
+    # One grid point, formatted the way the W&B agent formats ${args_no_hyphens} (key=value, Python str values).
+    point = {k: (v["values"][-1] if "values" in v else v["value"]) for k, v in params.items()}
+    args = [f"{k}={v}" for k, v in point.items()]
+    command = []
+    for part in spec["command"]:
+        if part == "${env}":
+            continue
+        command += args if part == "${args_no_hyphens}" else [sys.executable if part == "${interpreter}" else part]
+    data = tmp_path / "data"
+    write_cifar(data, "cifar10")
+    # Shrunk so it finishes in seconds; W&B offline (the agent would run it online).
+    command += [f"data_root={data}", "epochs=1", "train_subset=8", "batch_size=4", "eval_batch_size=20",
+                "progress=line"]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (summary,) = _summaries(tmp_path / "outputs").values()
+    assert summary["model"] == "resnet34" and summary["optimizer"] == "adam3" and summary["predict"] is True
+    assert list((tmp_path / "outputs").rglob("offline-run-*"))
+
+
+# ----------------------------------------------------------------------------------- data parallel
+
+TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+DDP_ARGS = [a for a in TINY if not a.startswith(("model=", "epochs="))] + [
+    "model=lenet", "epochs=2", "optimizer=adamw", "predict=true", "dataset.n_train=64",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not found")
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "xgrad.run", *DDP_ARGS,
+         f"hydra.run.dir={tmp_path / 'ddp'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stdout + ddp.stderr
+    single = run_cli([*DDP_ARGS, f"hydra.run.dir={tmp_path / 'single'}"], tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr
+    a = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+    rows_a, rows_b = read_metrics(tmp_path / "ddp"), read_metrics(tmp_path / "single")
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=1e-4)
+        assert ra["test_acc"] == rb["test_acc"]
+
+
+def _ranks_step(rank: int, world_size: int, init_file: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch import nn
+
+    from xgrad import WeightPredictor
+    from xgrad.optim import AdaBelief
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)))
+    optimizer = AdaBelief(model.parameters(), lr=1e-2)
+    predictor = WeightPredictor(optimizer, steps=2)
+    gen = torch.Generator().manual_seed(100 + rank)  # every rank sees different data
+    for _ in range(5):
+        x, y = torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)
+        optimizer.zero_grad(set_to_none=True)
+        with predictor:
+            nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(world_size)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save(gathered, out)
+    dist.destroy_process_group()
+
+
+def test_ranks_stay_in_lock_step_with_prediction(tmp_path):
+    out = tmp_path / "params.pt"
+    torch.multiprocessing.spawn(_ranks_step, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    a, b = torch.load(out)
+    assert torch.equal(a, b)
