@@ -128,11 +128,14 @@ def median_seconds(fns: list[Callable[[], None]], device: torch.device, repeats:
     return [statistics.median(t) for t in times]
 
 
-def bench_one(workload, optimizer_name: str, device: torch.device, repeats: int, step_repeats: int) -> dict:
+def bench_one(
+    workload, optimizer_name: str, device: torch.device, repeats: int, step_repeats: int, with_compiled: bool
+) -> dict:
     torch.manual_seed(0)
     model, loss_fn = workload(device)
     optimizer = create_optimizer(optimizer_name, model.parameters(), foreach=True, **OPTIMIZERS[optimizer_name])
     predictor = WeightPredictor(optimizer, steps=1)
+    compiled = WeightPredictor(optimizer, steps=1, compile=True) if with_compiled else None
     naive = NaivePredictor(optimizer, steps=1)
 
     def train_step(with_prediction: bool) -> None:
@@ -155,10 +158,16 @@ def bench_one(workload, optimizer_name: str, device: torch.device, repeats: int,
         naive.predict()
         naive.restore()
 
+    def compiled_predict_restore() -> None:
+        compiled.predict()
+        compiled.restore()
+
     # Stepping repeatedly with the same gradients is fine for timing: the work per step does not change.
-    step_s, ours_s, naive_s = median_seconds(
-        [optimizer.step, predict_restore, naive_predict_restore], device, repeats
-    )
+    fns = [optimizer.step, predict_restore, naive_predict_restore]
+    if compiled is not None and optimizer_name != "sgdm":  # SGD has no fused path
+        compiled_predict_restore()  # compiles (seconds) before timing
+        fns.append(compiled_predict_restore)
+    step_s, ours_s, naive_s, *compiled_s = median_seconds(fns, device, repeats)
     plain_s, pred_s = median_seconds(
         [lambda: train_step(False), lambda: train_step(True)], device, step_repeats
     )
@@ -167,6 +176,7 @@ def bench_one(workload, optimizer_name: str, device: torch.device, repeats: int,
         "step_ms": step_s * 1e3,
         "predict_restore_ms": ours_s * 1e3,
         "naive_ms": naive_s * 1e3,
+        "compiled_ms": compiled_s[0] * 1e3 if compiled_s else float("nan"),
         "train_ms": plain_s * 1e3,
         "train_pred_ms": pred_s * 1e3,
         "extra_mib": predictor.buffer_bytes / 2**20,
@@ -177,15 +187,17 @@ def bench_one(workload, optimizer_name: str, device: torch.device, repeats: int,
 def markdown_table(rows: list[tuple[str, str, str, dict]]) -> str:
     head = (
         "| device | model | optimizer | step() ms | predict+restore ms | ratio to step | naive ms | speedup vs naive "
-        "| train step ms | with prediction ms | overhead | extra MiB (params MiB) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| compile=True ms (ratio to step) | train step ms | with prediction ms | overhead | extra MiB (params MiB) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for device, model, opt, r in rows:
         lines.append(
             f"| {device} | {model} | {opt} | {r['step_ms']:.3f} | {r['predict_restore_ms']:.3f} "
             f"| {r['predict_restore_ms'] / r['step_ms']:.2f}x | {r['naive_ms']:.3f} "
-            f"| {r['naive_ms'] / r['predict_restore_ms']:.1f}x | {r['train_ms']:.1f} | {r['train_pred_ms']:.1f} "
+            f"| {r['naive_ms'] / r['predict_restore_ms']:.1f}x "
+            f"| {r['compiled_ms']:.3f} ({r['compiled_ms'] / r['step_ms']:.2f}x) "
+            f"| {r['train_ms']:.1f} | {r['train_pred_ms']:.1f} "
             f"| {100 * (r['train_pred_ms'] / r['train_ms'] - 1):+.1f}% | {r['extra_mib']:.2f} ({r['param_mib']:.2f}) |"
         )
     return head + "\n".join(lines) + "\n"
@@ -197,15 +209,19 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     parser.add_argument("--repeats", type=int, default=200, help="timed repeats of step and predict+restore")
     parser.add_argument("--step-repeats", type=int, default=30, help="timed repeats of whole training steps")
+    parser.add_argument("--no-compiled", action="store_true", help="skip the compile=True predictor")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="also write the table and its context to this Markdown file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     devices = [torch.device(d) for d in args.device if d != "cuda" or torch.cuda.is_available()]
     rows = []
     for device in devices:
         for model_name, workload in WORKLOADS.items():
             for opt in args.optimizers:
-                result = bench_one(workload, opt, device, args.repeats, args.step_repeats)
+                result = bench_one(workload, opt, device, args.repeats, args.step_repeats, not args.no_compiled)
                 rows.append((device.type, model_name, opt, result))
                 print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
     table = markdown_table(rows)
@@ -220,7 +236,8 @@ def main() -> None:
             f"Python {platform.python_version()}, torch {torch.__version__}.\n\n"
             "Medians over interleaved repeats. `ratio to step` = predict+restore time / the same optimizer's "
             "foreach `step()`; `overhead` = whole training step with prediction vs without; `extra MiB` = the "
-            "predictor's spare buffers (one copy of the parameters, allocated once).\n\n"
+            "predictor's spare buffers (one copy of the parameters, allocated once); `compile=True` = the "
+            "opt-in torch.compile-fused prediction (Adam family only; nan for SGDM).\n\n"
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")

@@ -441,3 +441,30 @@ def test_channels_last_and_non_dense_parameters():
         conv(torch.randn(1, 3, 5, 5)).sum().backward()
     assert [p.stride() for p in params] == strides
     assert all(torch.equal(p.detach(), b) for p, b in zip(params, before))
+
+
+def test_compiled_prediction_matches_reference_without_recompiling():
+    """compile=True: one fused kernel per batch, no fallback, and a new lr or step count reuses the graph."""
+    import warnings
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    settings = [lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1), lambda p: AdaM3(p, lr=1e-2, amsgrad=True)]
+    for factory in settings:
+        params = make_params(torch.float32)
+        optimizer = factory(params)
+        predictor = WeightPredictor(optimizer, steps=1.5, include_weight_decay=True, compile=True)
+        for lr in (1e-2, 3e-3, 1e-3):
+            optimizer.param_groups[0]["lr"] = lr
+            random_steps(optimizer, params, n=2)
+            expected = [reference_prediction(optimizer, p, 1.5, True) for p in params]
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a fallback to the eager kernels would warn
+                with predictor:
+                    for p, want in zip(params, expected):
+                        torch.testing.assert_close(p.detach().double(), want, rtol=1e-5, atol=1e-6)
+        (cache,) = predictor._caches.values()
+        assert "kernel" in cache and not cache.get("fused_failed")
+    assert counters["stats"]["unique_graphs"] == len(settings)  # one graph each, whatever the lr

@@ -17,9 +17,11 @@ A prediction rule for another optimizer is one function registered with :func:`r
 from __future__ import annotations
 
 import math
+import types
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -50,6 +52,10 @@ class PredictionBatch:
     flat: Tensor
     steps: float
     include_weight_decay: bool
+    #: Whether the predictor asks for ``torch.compile``-fused kernels (a rule may ignore it).
+    compile: bool = False
+    #: Per-batch storage that lives as long as the predictor (e.g. a compiled kernel and its scalar tensors).
+    cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def lr(self) -> float:
@@ -158,9 +164,13 @@ def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
         if batch.include_weight_decay and group.get("decoupled_weight_decay", False) and wd != 0.0:
             decay = 1.0 - s * lr * wd
 
+        uniform = all(x == scales[0] for x in scales)
+        if batch.compile and uniform and _run_fused(batch, eps_outside_sqrt, exp_avgs, seconds,
+                                                    scales[0], epsilons[0], decay):  # fmt: skip
+            return
         out, flat = batch.out, batch.flat
         torch._foreach_copy_(out, seconds)
-        if all(x == scales[0] for x in scales):
+        if uniform:
             if eps_outside_sqrt:
                 flat.sqrt_().add_(epsilons[0])
                 torch.div(torch.tensor(scales[0], dtype=torch.float64), flat, out=flat)
@@ -176,6 +186,44 @@ def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
         torch._foreach_add_(out, batch.params, alpha=decay)
 
     return rule
+
+
+def _adam_kernel(params, exp_avgs, seconds, outs, scale, eps, decay):
+    for p, m, v, o in zip(params, exp_avgs, seconds, outs):
+        o.copy_(decay * p + scale * m / (v.sqrt() + eps))
+
+
+def _adam3_kernel(params, exp_avgs, seconds, outs, scale, eps, decay):
+    for p, m, v, o in zip(params, exp_avgs, seconds, outs):
+        o.copy_(decay * p + scale * m * v.rsqrt())
+
+
+def _run_fused(batch: PredictionBatch, eps_outside_sqrt: bool, exp_avgs, seconds, scale, eps, decay) -> bool:
+    """Write the prediction with one ``torch.compile``-fused kernel; False (use eager) if it cannot compile.
+
+    The fused kernel reads theta, m and v once and writes theta_hat once (4 tensor-sized transfers against the
+    eager path's 14). Scalars travel as 0-dim tensors so a new lr or step count does not recompile, and each
+    batch gets its own copy of the function so several batches do not share one recompile budget.
+    """
+    cache = batch.cache
+    if cache.get("fused_failed"):
+        return False
+    if "kernel" not in cache:
+        fn = _adam_kernel if eps_outside_sqrt else _adam3_kernel
+        copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__)
+        cache["kernel"] = torch.compile(copy, fullgraph=True, dynamic=False)
+        dtype = torch.float64 if batch.flat.dtype == torch.float64 else torch.float32
+        cache["scalars"] = [torch.zeros((), dtype=dtype, device=batch.flat.device) for _ in range(3)]
+    scalars = cache["scalars"]
+    for tensor, value in zip(scalars, (scale, eps, decay)):
+        tensor.fill_(value)
+    try:
+        cache["kernel"](batch.params, exp_avgs, seconds, batch.out, *scalars)
+    except Exception as e:  # a missing compiler or an unsupported setting: fall back to the eager kernels
+        warnings.warn(f"compiled weight prediction unavailable, using eager kernels: {e}", stacklevel=3)
+        cache["fused_failed"] = True
+        return False
+    return True
 
 
 adam_rule = register_rule(torch.optim.Adam, torch.optim.AdamW, AdaBelief, state_key="exp_avg")(
@@ -253,14 +301,21 @@ class WeightPredictor:
         steps: the prediction horizon ``s >= 0``; 0 turns prediction off at no cost (no buffers).
         include_weight_decay: also predict a decoupled weight decay,
             ``theta_hat = theta * (1 - s * lr * wd) - s * lr * Delta`` (off by default, as in the paper).
+        compile: fuse the Adam-family prediction into one ``torch.compile`` kernel per parameter group, device
+            and dtype (about 2x faster than the default multi-tensor kernels; costs seconds of compilation per
+            process and needs a working ``torch.compile``, else it warns and falls back). SGD is unaffected.
     """
 
-    def __init__(self, optimizer: Optimizer, steps: float = 1.0, include_weight_decay: bool = False) -> None:
+    def __init__(
+        self, optimizer: Optimizer, steps: float = 1.0, include_weight_decay: bool = False, compile: bool = False
+    ) -> None:
         self.optimizer = optimizer
+        self.compile = bool(compile)
         self._rule = _find_rule(optimizer)
         self._steps = _validate_steps(steps)
         self.include_weight_decay = bool(include_weight_decay)
         self._buffers: dict[tuple, _FlatBuffer] = {}
+        self._caches: dict[tuple, dict[str, Any]] = defaultdict(dict)
         self._swapped: list[tuple[Tensor, Tensor]] = []
         self._active = False
         if self._steps > 0:
@@ -291,6 +346,7 @@ class WeightPredictor:
         if buffer is None or not buffer.fits(params):
             buffer = _FlatBuffer(params)
             self._buffers[key] = buffer
+            self._caches.pop(key, None)  # a compiled kernel is specialised to the old shapes
         return buffer
 
     def _batches(self) -> list[PredictionBatch]:
@@ -308,12 +364,12 @@ class WeightPredictor:
                 buffer = self._flat_buffer(kind, params)
                 used.add(kind)
                 batches.append(
-                    PredictionBatch(
-                        group, params, states, buffer.views, buffer.flat, self._steps, self.include_weight_decay
-                    )
-                )
+                    PredictionBatch(group, params, states, buffer.views, buffer.flat, self._steps,
+                                    self.include_weight_decay, self.compile, self._caches[kind])
+                )  # fmt: skip
         for stale in set(self._buffers) - used:  # e.g. the model moved to another device
             del self._buffers[stale]
+            self._caches.pop(stale, None)
         return batches
 
     @torch.no_grad()
@@ -369,5 +425,5 @@ class WeightPredictor:
     def __repr__(self) -> str:
         return (
             f"WeightPredictor({type(self.optimizer).__name__}, steps={self._steps:g}, "
-            f"include_weight_decay={self.include_weight_decay})"
+            f"include_weight_decay={self.include_weight_decay}, compile={self.compile})"
         )

@@ -195,7 +195,9 @@ class Trainer:
             raise ConfigError(f"optimizer={cfg.optimizer.name}: {e}") from e
         self.predictor = None
         if cfg.predict and cfg.predict_steps > 0:
-            self.predictor = WeightPredictor(self.optimizer, cfg.predict_steps, cfg.predict_weight_decay)
+            self.predictor = WeightPredictor(
+                self.optimizer, cfg.predict_steps, cfg.predict_weight_decay, compile=bool(cfg.compile)
+            )
         steps_per_epoch = math.ceil(self.task.num_batches() / cfg.grad_accum)
         try:
             self.scheduler, self.interval = create_scheduler(self.optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch)
