@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean sweep-cifar10 sweep-cifar100 sweep-horizon
+.PHONY: install test lint demo bench report clean sweep-cifar10 sweep-cifar100 sweep-horizon
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ sweep-cifar100: $(STAMP)
 	$(PY) -m xgrad.run -m sweep=cifar100_paper $(LAUNCHER)
 sweep-horizon: $(STAMP)
 	$(PY) -m xgrad.run -m sweep=horizon $(LAUNCHER)
+
+# Figures and tables from finished runs: make report [RESULTS=outputs/] [REPORT=outputs/report/]
+RESULTS ?= outputs/
+REPORT ?= outputs/report/
+report: $(STAMP)
+	$(PY) -m xgrad.report $(RESULTS) --out $(REPORT) --reference
 
 bench: $(STAMP)
 	$(PY) scripts/bench_predict.py

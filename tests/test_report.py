@@ -1,0 +1,393 @@
+"""python -m xgrad.report: reading run folders, table numbers, figures, references, W&B, error paths, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from tests.conftest import ROOT, TINY, make_cfg
+from xgrad.report import cli
+from xgrad.report.build import with_variants
+from xgrad.report.collect import collect, drop_duplicate_seeds, runs_frame, split_overrides
+from xgrad.report.figures import convergence_figure
+from xgrad.report.reference import load_reference, match_reference
+from xgrad.report.tables import paired_test
+from xgrad.report.wandb_source import load_wandb
+
+# ----------------------------------------------------------------------------------- synthetic run folders
+
+
+def write_run(
+    root: Path,
+    *,
+    dataset: str = "cifar10",
+    model: str = "resnet34",
+    optimizer: str = "sgdm",
+    predict: bool = False,
+    steps: float = 1.0,
+    seed: int = 0,
+    curve: list[float] | None = None,
+    status: str = "completed",
+    task: str = "classification",
+    num_layers: int | None = None,
+    **summary_extra,
+) -> Path:
+    """A run folder as the runner writes it: summary.json, metrics.csv, .hydra/config.yaml.
+
+    ``curve`` is the test metric per epoch (accuracy as a fraction, or perplexity); final and best follow from it
+    (best = the best test epoch, as without a validation split).
+    """
+    metric = "acc" if task == "classification" else "ppl"
+    curve = curve if curve is not None else [0.5, 0.6, 0.7]
+    overrides = f"optimizer={optimizer},predict={str(predict).lower()}"
+    overrides += f",predict_steps={steps:g}" if predict else ""
+    folder = root / f"{dataset}_{model}" / overrides / f"seed={seed}"
+    folder.mkdir(parents=True)
+    rows = []
+    for epoch, value in enumerate(curve, start=1):
+        rows.append({
+            "epoch": epoch, "lr": 0.1, "train_loss": 2.0 / epoch + 0.01 * seed, f"train_{metric}": value,
+            "test_loss": 2.1 / epoch, f"test_{metric}": value,
+            "epoch_seconds": 1.0 + 0.25 * predict + 0.01 * seed, "samples_per_second": 1000.0,
+        })  # fmt: skip
+    pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    finite = [v for v in curve if math.isfinite(v)]
+    best = (max if metric == "acc" else min)(finite) if finite else None
+    summary = {
+        "schema_version": 1, "status": status, "task": task, "dataset": dataset, "model": model,
+        "optimizer": optimizer, "predict": predict, "predict_steps": steps if predict else 0.0, "seed": seed,
+        "overrides": overrides, "synthetic": False, "reduced_scale": False, "epochs": len(curve),
+        "epochs_done": len(curve), f"final_test_{metric}": curve[-1] if math.isfinite(curve[-1]) else None,
+        f"best_test_{metric}": best, "best_epoch": curve.index(best) + 1 if best is not None else None,
+        "best_selected_on": "test", "wall_seconds": 10.0, "train_seconds": 8.0,
+        "peak_memory_bytes": int(100 * 2**20 * (1.5 if predict else 1.0)), "device": "cuda (test)",
+        **summary_extra,
+    }  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    config = {"seed": seed, "predict": predict, "predict_steps": steps, "dataset": {"name": dataset},
+              "model": {"name": model, **({"num_layers": num_layers} if num_layers else {})},
+              "optimizer": {"name": optimizer, "lr": 0.1}}  # fmt: skip
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+# Final test accuracies by (optimizer, predict, seed): a full 3-seed SGDM grid for the paired test, AdamW with a
+# diverged seed (2 pairs left), Adam without prediction only (a mixed grid).
+GRID = {
+    ("sgdm", False): {0: [0.80, 0.88, 0.900], 1: [0.82, 0.90, 0.905], 2: [0.79, 0.87, 0.890]},
+    ("sgdm", True): {0: [0.83, 0.90, 0.915], 1: [0.84, 0.91, 0.912], 2: [0.81, 0.89, 0.905]},
+    ("adamw", False): {0: [0.70, 0.85, 0.860], 1: [0.72, 0.86, 0.850]},
+    ("adamw", True): {0: [0.75, 0.87, 0.870], 1: [0.74, 0.86, 0.880]},
+    ("adam", False): {0: [0.70, 0.82, 0.830]},
+}
+PTB = {
+    ("sgd", False, 1.0): {0: [300.0, 200.0, 150.0], 1: [310.0, 205.0, 149.0]},
+    ("adam", False, 1.0): {0: [250.0, 180.0, 140.0]},
+    ("adam", True, 1.0): {0: [240.0, 170.0, 135.0]},
+    ("adam", True, 2.0): {0: [245.0, 175.0, 138.0]},
+}
+
+
+def make_results(root: Path) -> Path:
+    """A results folder: the CIFAR-10 grid, a PTB LSTM grid with two horizons, and every kind of bad folder."""
+    for (optimizer, predict), seeds in GRID.items():
+        for seed, curve in seeds.items():
+            write_run(root, optimizer=optimizer, predict=predict, seed=seed, curve=curve)
+    write_run(root, optimizer="adamw", predict=True, seed=2, curve=[0.7, float("nan")], status="diverged")
+    for (optimizer, predict, steps), seeds in PTB.items():
+        for seed, curve in seeds.items():
+            write_run(root, dataset="ptb", model="lstm", optimizer=optimizer, predict=predict, steps=steps,
+                      seed=seed, curve=curve, task="language_model", num_layers=2)  # fmt: skip
+    bad = root / "bad"
+    write_run(bad / "failed", status="failed", error="RuntimeError: boom")
+    write_run(bad / "running", status="running", epochs_done=1)
+    (write_run(bad / "corrupt") / "summary.json").write_text("{not json")
+    (write_run(bad / "no_metrics") / "metrics.csv").unlink()
+    write_run(bad / "old_schema", schema_version=99)
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_results(tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def report(results: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    assert cli.main([str(results), "--out", str(out), "--reference"]) == 0
+    return out
+
+
+def _row(table: pd.DataFrame, optimizer: str) -> pd.Series:
+    return table[table["optimizer"] == optimizer].iloc[0]
+
+
+# ----------------------------------------------------------------------------------- tables
+
+
+def test_table_numbers_match_a_direct_computation(report: Path) -> None:
+    table = pd.read_csv(report / "table_cifar10_resnet34.csv")
+    row = _row(table, "sgdm")
+    for what, pick in (("final", lambda c: c[-1]), ("best", max)):
+        without = np.array([pick(GRID[("sgdm", False)][s]) for s in range(3)]) * 100
+        with_ = np.array([pick(GRID[("sgdm", True)][s]) for s in range(3)]) * 100
+        assert row[f"{what}_without_mean"] == pytest.approx(without.mean())
+        assert row[f"{what}_without_std"] == pytest.approx(without.std(ddof=1))
+        assert row[f"{what}_with_mean"] == pytest.approx(with_.mean())
+        assert row[f"{what}_with_std"] == pytest.approx(with_.std(ddof=1))
+        assert row[f"{what}_diff"] == pytest.approx(with_.mean() - without.mean())
+        assert row[f"{what}_p_value"] == pytest.approx(stats.ttest_rel(with_, without).pvalue)
+        assert row[f"{what}_n_paired"] == 3
+        assert re.fullmatch(r"(yes|no) \((p=\d\.\d{3}|p<0\.001), n=3\)", row[f"{what}_holds_up"])
+    assert (row["n_without"], row["n_with"]) == (3, 3)
+
+
+def test_diverged_seeds_are_counted_not_averaged(report: Path) -> None:
+    table = pd.read_csv(report / "table_cifar10_resnet34.csv")
+    adamw = _row(table, "adamw")
+    assert (adamw["n_with"], adamw["diverged_with"]) == (2, 1)
+    assert adamw["final_with_mean"] == pytest.approx(np.mean([87.0, 88.0]))
+    assert adamw["final_holds_up"] == "too few seeds (n=2) for a test"
+    markdown = (report / "table_cifar10_resnet34.md").read_text()
+    assert "2 (1 diverged)" in markdown
+
+
+def test_mixed_grid_still_gives_a_row(report: Path) -> None:
+    adam = _row(pd.read_csv(report / "table_cifar10_resnet34.csv"), "adam")
+    assert adam["n_without"] == 1 and adam["n_with"] == 0
+    assert adam["final_without_mean"] == pytest.approx(83.0)
+    assert math.isnan(adam["final_with_mean"]) and math.isnan(adam["final_diff"])
+
+
+def test_markdown_and_latex_mark_the_best_entry(report: Path) -> None:
+    markdown = (report / "table_cifar10_resnet34.md").read_text()
+    sgdm_line = next(line for line in markdown.splitlines() if line.startswith("| SGDM"))
+    best_without = np.mean([GRID[("sgdm", False)][s][-1] for s in range(3)]) * 100
+    assert f"**{best_without:.2f} ± " in sgdm_line  # SGDM beats AdamW and Adam without prediction
+    assert "at the best test epoch" in markdown  # says which epoch "best" means
+    latex = (report / "table_cifar10_resnet34.tex").read_text()
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule"):
+        assert latex.count(rule) == 1
+    assert "\\textbf{" in latex and "$\\pm$" in latex and "\\%" in latex
+
+
+def test_perplexity_tables_one_per_horizon_with_published_numbers(report: Path) -> None:
+    for steps in ("1", "2"):
+        table = pd.read_csv(report / f"table_ptb_lstm_s{steps}.csv")
+        assert set(table["predict_steps"]) == {float(steps)}
+        adam = _row(table, "adam")
+        expected = {"1": 135.0, "2": 138.0}[steps]
+        assert adam["final_with_mean"] == pytest.approx(expected)
+    sgd = _row(pd.read_csv(report / "table_ptb_lstm_s1.csv"), "sgd")
+    assert sgd["ref_value"] == pytest.approx(114.5) and sgd["ref_setting"] == "zaremba_small"
+    assert sgd["final_without_mean"] == pytest.approx(149.5)
+    markdown = (report / "table_ptb_lstm_s1.md").read_text()
+    assert "114.50 [1]" in markdown and "Zaremba et al. 2014" in markdown
+    assert "test perplexity" in markdown and "lower is better" in markdown
+
+
+def test_cost_table_ratios(report: Path) -> None:
+    cost = pd.read_csv(report / "cost.csv")
+    sgdm = cost[(cost["dataset"] == "cifar10") & (cost["optimizer"] == "sgdm")].iloc[0]
+    seconds = [1.0 + 0.01 * s for s in range(3)]
+    assert sgdm["seconds_without"] == pytest.approx(np.mean(seconds))
+    assert sgdm["seconds_ratio"] == pytest.approx(np.mean([s + 0.25 for s in seconds]) / np.mean(seconds))
+    assert sgdm["memory_mib_ratio"] == pytest.approx(1.5)
+
+
+def test_index_links_every_file_and_lists_skipped(report: Path) -> None:
+    index = (report / "README.md").read_text()
+    for link in re.findall(r"\]\(([^)]+)\)", index):
+        assert (report / link).is_file(), link
+    for path in report.iterdir():
+        if path.name != "README.md":
+            assert f"({path.name})" in index, path.name
+    reasons = {
+        "failed": "failed: RuntimeError: boom",
+        "running": "partial (status running",
+        "corrupt": "unreadable summary.json",
+        "no_metrics": "metrics.csv is missing",
+        "old_schema": "schema mismatch",
+    }
+    for folder, reason in reasons.items():
+        line = next(line for line in index.splitlines() if f"/bad/{folder}/" in line)
+        assert reason in line
+    assert "Runs used: 17 (16 completed, 1 diverged); skipped: 5" in index
+
+
+# ----------------------------------------------------------------------------------- figures
+
+
+def _figure(results: Path, dataset: str):
+    collection = collect([results])
+    frame = runs_frame(collection.runs)
+    sub = with_variants(frame[frame["dataset"] == dataset])
+    return convergence_figure(collection.runs, sub, dataset)
+
+
+def test_figure_panels_series_and_styles(results: Path) -> None:
+    fig = _figure(results, "cifar10")
+    assert len(fig.axes) == 2
+    loss, accuracy = fig.axes
+    assert "loss" in loss.get_ylabel() and accuracy.get_ylabel() == "test accuracy (%)"
+    for ax in fig.axes:
+        lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+        assert set(lines) == {
+            "SGDM, without weight prediction (3 seeds)",
+            "SGDM, with weight prediction (3 seeds)",
+            "AdamW, without weight prediction (2 seeds)",
+            "AdamW, with weight prediction (2 seeds, 1 diverged)",
+            "Adam, without weight prediction (1 seed)",
+        }
+        for label, line in lines.items():
+            assert line.get_linestyle() == ("--" if "without" in label else "-")
+        assert lines["SGDM, with weight prediction (3 seeds)"].get_color() != lines[
+            "AdamW, with weight prediction (2 seeds, 1 diverged)"].get_color()  # fmt: skip
+        assert any(line.get_label().startswith("_diverged") for line in ax.get_lines())
+    sgdm = next(line for line in accuracy.get_lines() if line.get_label() == "SGDM, with weight prediction (3 seeds)")
+    expected = np.mean([GRID[("sgdm", True)][s] for s in range(3)], axis=0) * 100
+    np.testing.assert_allclose(sgdm.get_ydata(), expected)
+    assert len(accuracy.collections) >= 4  # ±1 std bands of the multi-seed series
+
+
+def test_perplexity_figure_is_log_scale_with_a_style_per_horizon(results: Path) -> None:
+    fig = _figure(results, "ptb")
+    assert fig.axes[1].get_yscale() == "log" and "perplexity" in fig.axes[1].get_ylabel()
+    styles = {line.get_label(): line.get_linestyle() for line in fig.axes[1].get_lines()}
+    assert styles["Adam, with weight prediction, s=1 (1 seed)"] == "-"
+    assert styles["Adam, with weight prediction, s=2 (1 seed)"] == "-."
+
+
+def test_figure_files_open(report: Path) -> None:
+    for name in ("convergence_cifar10_resnet34", "convergence_ptb_lstm"):
+        image = matplotlib.image.imread(report / f"{name}.png")
+        assert image.ndim == 3 and image.shape[1] > 1000
+        assert (report / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+
+
+# ----------------------------------------------------------------------------------- pieces
+
+
+def test_paired_test_words() -> None:
+    a, b = pd.Series([1.0, 2.0]), pd.Series([1.5, 2.5])
+    assert paired_test(b, a)[2] == "too few seeds (n=2) for a test"
+    a, b = pd.Series([1.0, 2.0, 3.0]), pd.Series([1.1, 2.3, 3.2])
+    p, n, words = paired_test(b, a)
+    assert p == pytest.approx(stats.ttest_rel(b, a).pvalue) and n == 3 and words.startswith(("yes", "no"))
+    assert paired_test(pd.Series([1.0, 2.0, 3.0], index=[0, 1, 5]), a)[1] == 2  # only matching seeds pair up
+
+
+def test_split_overrides_keeps_lists_together() -> None:
+    assert split_overrides("a=1,scheduler.milestones=[100,150],b='x,y'") == [
+        "a=1", "scheduler.milestones=[100,150]", "b='x,y'"]  # fmt: skip
+
+
+def test_shipped_reference_and_layer_matching() -> None:
+    reference = load_reference()
+    assert len(reference) == 2 + 12 + 15
+    resnet = match_reference(reference, "cifar10", "resnet34", "adabelief", None)
+    assert resnet["value"].tolist() == [95.44] and resnet["metric"].tolist() == ["best_test_acc"]
+    three = match_reference(reference, "ptb", "awd_lstm", "adam3", 3)
+    assert (three["value"].item(), three["std"].item()) == (60.08, 0.11)
+    assert match_reference(reference, "ptb", "lstm", "sgd", 1).empty  # Zaremba's small LSTM has 2 layers
+    assert match_reference(reference, "ptb", "awd_lstm", "adam", None).empty  # depth unknown: no match
+    assert not reference["source"].str.contains("XGrad").any()
+
+
+def test_duplicate_seed_keeps_the_newest(tmp_path: Path) -> None:
+    old = write_run(tmp_path / "a", seed=0, curve=[0.5])
+    new = write_run(tmp_path / "b", seed=0, curve=[0.6])
+    os.utime(old / "summary.json", (1, 1))
+    collection = drop_duplicate_seeds(collect([tmp_path]))
+    assert [r.source for r in collection.runs] == [str(new)]
+    assert collection.skipped[0].reason.startswith("duplicate")
+
+
+def test_wandb_runs_are_read_like_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = write_run(tmp_path / "src", optimizer="adamw", predict=True, seed=3, curve=[0.4, 0.6])
+    summary = json.loads((source / "summary.json").read_text())
+    history = pd.read_csv(source / "metrics.csv").to_dict("records")
+
+    def fake_run(run_id: str, summary: dict, history: list[dict]) -> SimpleNamespace:
+        rows = [{**row, "_step": row["epoch"], "_runtime": 1.0} for row in history]
+        return SimpleNamespace(id=run_id, summary=summary, config={"model": {"name": "resnet34"}},
+                               scan_history=lambda: iter(rows))  # fmt: skip
+
+    runs = [fake_run("ok", summary, history), fake_run("bad", {**summary, "status": "failed", "error": "x"}, [])]
+    api = SimpleNamespace(runs=lambda path: runs if path == "me/proj" else [])
+    collection = load_wandb("me/proj", api=api)
+    assert [r.source for r in collection.runs] == ["wandb:me/proj/ok"]
+    assert list(collection.runs[0].metrics["test_acc"]) == [0.4, 0.6]
+    assert collection.skipped[0].source == "wandb:me/proj/bad" and "failed" in collection.skipped[0].reason
+    monkeypatch.setattr("xgrad.report.wandb_source._api", lambda: api)
+    assert cli.main(["--wandb", "me/proj", "--out", str(tmp_path / "out")]) == 0
+    assert "wandb:me/proj/ok" in (tmp_path / "out" / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------------- errors and the CLI
+
+
+def test_empty_or_missing_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main([str(empty), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(empty) in err and "no summary.json found" in err
+    assert cli.main([str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_only_skipped_runs_exit_1_with_an_index(tmp_path: Path) -> None:
+    write_run(tmp_path / "runs", status="failed", error="boom")
+    assert cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 1
+    assert "failed: boom" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_real_runs_through_the_cli(tmp_path: Path) -> None:
+    """Two tiny runs of the real runner, then ``python -m xgrad.report`` in a subprocess."""
+    from xgrad.trainer import train
+
+    summaries = {}
+    for predict in ("false", "true"):
+        overrides = f"optimizer=sgdm,predict={predict}"
+        folder = tmp_path / "runs" / overrides / "seed=0"
+        cfg = make_cfg([*TINY, "epochs=2", "optimizer=sgdm", f"predict={predict}", "device=cpu"])
+        summaries[predict] = train(cfg, folder, overrides=overrides).summary
+    out = tmp_path / "report"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    done = subprocess.run([sys.executable, "-m", "xgrad.report", str(tmp_path / "runs"), "--out", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "report: 2 runs (0 diverged), 0 skipped" in done.stdout
+    row = pd.read_csv(out / "table_demo_images_resnet20.csv").iloc[0]
+    assert row["final_without_mean"] == pytest.approx(100 * summaries["false"]["final_test_acc"])
+    assert row["best_with_mean"] == pytest.approx(100 * summaries["true"]["best_test_acc"])
+    assert row["final_holds_up"] == "too few seeds (n=1) for a test"
+    assert matplotlib.image.imread(out / "convergence_demo_images_resnet20.png").ndim == 3
+    assert "synthetic data" in (out / "README.md").read_text()
+
+
+def test_reduced_scale_runs_are_not_compared_with_published_numbers(tmp_path: Path) -> None:
+    from xgrad.report.tables import comparison
+
+    write_run(tmp_path / "full", optimizer="adabelief", curve=[0.9])
+    write_run(tmp_path / "reduced", optimizer="adabelief", curve=[0.5], reduced_scale=True)
+    for name, expected in (("full", 95.44), ("reduced", None)):
+        frame = with_variants(runs_frame(collect([tmp_path / name]).runs))
+        value = comparison(frame, None, load_reference())["ref_value"].item()
+        assert value == pytest.approx(expected) if expected else math.isnan(value)

@@ -1,0 +1,181 @@
+"""From collected runs to the output folder: figures, tables, cost table, runs.csv and the README index.
+
+A *setting* is one (dataset, model, reduced_scale): it gets one convergence figure and one comparison table per
+prediction horizon ``s``. Inside a setting, overrides that differ between runs (besides optimizer, prediction
+and seed) name the row's *variant*, e.g. ``optimizer.lr=0.01``; overrides common to all runs are left out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from xgrad.rundir import atomic_write
+
+from .collect import Collection, runs_frame
+from .figures import convergence_figure, save_figure
+from .labels import setting_title, slug
+from .tables import comparison, comparison_table, cost, cost_table, render
+
+__all__ = ["Section", "build_report", "with_variants"]
+
+
+@dataclass
+class Section:
+    """What the report holds for one setting."""
+
+    title: str
+    figures: list[Path] = field(default_factory=list)
+    tables: list[tuple[str, list[Path], str]] = field(default_factory=list)  # (label, files, markdown)
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write ``text`` atomically (UTF-8) and return ``path``."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def with_variants(sub: pd.DataFrame) -> pd.DataFrame:
+    """``sub`` with a ``variant`` column: the overrides of each run that not every run in ``sub`` shares."""
+    common = set.intersection(*(set(e) for e in sub["extra"])) if len(sub) else set()
+    out = sub.copy()
+    out["variant"] = [", ".join(t for t in extra if t not in common) for extra in sub["extra"]]
+    return out
+
+
+def _settings(frame: pd.DataFrame) -> list[tuple[tuple[str, str, bool], pd.DataFrame]]:
+    if frame.empty:
+        return []
+    return sorted(frame.groupby(["dataset", "model", "reduced_scale"], sort=False), key=lambda item: item[0])
+
+
+def _section(
+    collection: Collection, key: tuple[str, str, bool], sub: pd.DataFrame, out: Path, reference: pd.DataFrame | None
+) -> Section:
+    dataset, model, reduced = key
+    title = setting_title(dataset, model, bool(sub["synthetic"].any()), bool(reduced))
+    name = slug(dataset, model, "reduced" if reduced else "")
+    section = Section(title)
+    figure = convergence_figure(collection.runs, sub, title)
+    section.figures = save_figure(figure, out / f"convergence_{name}")
+    metric = sub["metric"].iloc[0]
+    steps_run = sorted(sub.loc[sub["predict"], "steps"].unique()) or [None]
+    for steps in steps_run:
+        numbers = comparison(sub, steps, reference)
+        table = comparison_table(numbers, metric, title, set(sub["best_selected_on"]))
+        stem = f"table_{name}" + (f"_s{steps:g}" if len(steps_run) > 1 else "")
+        markdown = render(table, "markdown")
+        setting = {
+            "dataset": dataset,
+            "model": model,
+            "reduced_scale": reduced,
+            "unit": "%" if metric == "acc" else "ppl",
+        }
+        numbers = pd.concat([pd.DataFrame([setting] * len(numbers)), numbers], axis=1)
+        files = [
+            write_text(out / f"{stem}.md", f"# {title}\n\n{markdown}"),
+            write_text(out / f"{stem}.tex", render(table, "latex")),
+            write_text(out / f"{stem}.csv", numbers.to_csv(index=False)),
+        ]
+        label = "with prediction " + (f"(s={steps:g})" if steps is not None else "(none run)")
+        section.tables.append((label, files, markdown))
+    return section
+
+
+def build_report(
+    collection: Collection, out: Path, reference: pd.DataFrame | None = None, inputs: list[str] | None = None
+) -> Path:
+    """Write the whole report into ``out``; return the path of its ``README.md`` index."""
+    out.mkdir(parents=True, exist_ok=True)
+    frame = runs_frame(collection.runs)
+    sections, parts = [], []
+    for key, sub in _settings(frame):
+        sub = with_variants(sub)
+        parts.append(sub)
+        sections.append(_section(collection, key, sub, out, reference))
+    cost_files: list[Path] = []
+    cost_markdown = ""
+    if parts:
+        numbers = cost(pd.concat(parts))
+        if not numbers.empty:
+            table = cost_table(numbers, set(frame["device"]))
+            cost_markdown = render(table, "markdown")
+            cost_files = [
+                write_text(out / "cost.md", f"# Cost of weight prediction\n\n{cost_markdown}"),
+                write_text(out / "cost.tex", render(table, "latex")),
+                write_text(out / "cost.csv", numbers.to_csv(index=False)),
+            ]
+        runs_csv = pd.concat(parts).drop(columns=["run"]).assign(extra=lambda f: f["extra"].map(", ".join))
+        write_text(out / "runs.csv", runs_csv.to_csv(index=False))
+    index = _index(collection, frame, sections, cost_files, cost_markdown, inputs or [])
+    return write_text(out / "README.md", index)
+
+
+def _links(paths: list[Path]) -> str:
+    return " · ".join(f"[{p.suffix.lstrip('.').upper()}]({p.name})" for p in paths)
+
+
+def _index(
+    collection: Collection,
+    frame: pd.DataFrame,
+    sections: list[Section],
+    cost_files: list[Path],
+    cost_markdown: str,
+    inputs: list[str],
+) -> str:
+    """The README.md of the output folder: every figure and table, then the runs used and skipped."""
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    statuses = frame["status"].value_counts().to_dict() if not frame.empty else {}
+    lines = [
+        "# Results report",
+        "",
+        f"Generated {now} by `python -m xgrad.report {' '.join(inputs)}`.",
+        "",
+        f"Runs used: {len(collection.runs)} ({statuses.get('completed', 0)} completed, "
+        f"{statuses.get('diverged', 0)} diverged); skipped: {len(collection.skipped)} (see the end). "
+        "Accuracies are in percent. Statistics use completed seeds; diverged seeds are counted, not averaged.",
+        "",
+    ]
+    if not sections:
+        lines += ["**No completed or diverged runs: nothing to plot or tabulate.**", ""]
+    for section in sections:
+        png = next(p for p in section.figures if p.suffix == ".png")
+        lines += [
+            f"## {section.title}",
+            "",
+            f"![convergence, {section.title}]({png.name})",
+            "",
+            f"Figure: {_links(section.figures)}",
+            "",
+        ]
+        for label, files, markdown in section.tables:
+            lines += [f"### Table, {label}", "", f"Files: {_links(files)}", "", markdown]
+    if cost_files:
+        lines += ["## Cost of weight prediction", "", f"Files: {_links(cost_files)}", "", cost_markdown]
+    lines += _runs_used(frame) + _skipped(collection)
+    return "\n".join(lines) + "\n"
+
+
+def _runs_used(frame: pd.DataFrame) -> list[str]:
+    lines = ["## Runs used", ""]
+    if frame.empty:
+        return [*lines, "None.", ""]
+    lines += ["One row per run, with its final and best metrics: [runs.csv](runs.csv).", ""]
+    lines += ["| configuration (seed group) | seed | status | run |", "|:--|--:|:--|:--|"]
+    for row in frame.sort_values(["group", "seed"]).itertuples():
+        lines.append(f"| {row.group} | {row.seed} | {row.status} | `{row.source}` |")
+    return [*lines, ""]
+
+
+def _skipped(collection: Collection) -> list[str]:
+    lines = ["## Skipped", ""]
+    if not collection.skipped:
+        return [*lines, "None.", ""]
+    lines += ["| run | reason |", "|:--|:--|"]
+    for item in sorted(collection.skipped, key=lambda s: s.source):
+        reason = item.reason.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{item.source}` | {reason} |")
+    return [*lines, ""]

@@ -1,0 +1,341 @@
+"""Finding run folders, reading and validating them, and putting the usable runs into one DataFrame.
+
+A run folder is any folder holding ``summary.json``; beside it ``metrics.csv`` (one row per epoch) and, when the
+runner was Hydra, ``.hydra/config.yaml``. Only ``completed`` and ``diverged`` runs are used; everything else
+(failed, still running or stopped, unreadable, wrong schema) becomes a :class:`Skipped` entry with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from xgrad.rundir import METRICS, SCHEMA_VERSION, SUMMARY
+
+__all__ = [
+    "Collection",
+    "ReportError",
+    "Run",
+    "Skipped",
+    "collect",
+    "find_run_folders",
+    "read_folder",
+    "runs_frame",
+    "split_overrides",
+    "validate",
+]
+
+USED_STATUSES = ("completed", "diverged")
+REQUIRED_KEYS = ("status", "dataset", "model", "optimizer", "predict", "predict_steps", "seed")
+# Override keys that are columns of their own (or, for seed, what a group averages over), not part of the variant.
+NON_VARIANT_KEYS = {"seed", "optimizer", "predict", "predict_steps", "dataset", "model"}
+
+
+class ReportError(Exception):
+    """A problem with the report's inputs that the user must fix (the CLI exits with code 2)."""
+
+
+@dataclass
+class Run:
+    """One usable run: its summary, its per-epoch metrics and its config (empty when it has no .hydra folder)."""
+
+    source: str
+    summary: dict[str, Any]
+    metrics: pd.DataFrame
+    config: dict[str, Any] = field(default_factory=dict)
+    mtime: float = 0.0  # when summary.json was written; decides between duplicates of one seed
+
+    @property
+    def metric(self) -> str:
+        """``acc`` (classification) or ``ppl`` (language models)."""
+        return metric_of(self.summary) or "acc"
+
+
+@dataclass
+class Skipped:
+    """A run folder (or W&B run) left out of the report, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass
+class Collection:
+    """The runs a report is made of, and the ones it leaves out."""
+
+    runs: list[Run] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def extend(self, other: Collection) -> None:
+        self.runs += other.runs
+        self.skipped += other.skipped
+
+
+# ----------------------------------------------------------------------------------- finding and reading
+
+
+def find_run_folders(root: Path) -> list[Path]:
+    """Every folder under ``root`` (recursively, ``root`` included) that holds ``summary.json``."""
+    if not root.exists():
+        raise ReportError(f"{root}: no such folder")
+    if root.is_file():
+        root = root.parent if root.name == SUMMARY else root
+        if root.is_file():
+            raise ReportError(f"{root}: not a folder (give the folder that holds the runs)")
+    folders = sorted({p.parent for p in root.rglob(SUMMARY) if p.is_file()})
+    if not folders:
+        raise ReportError(
+            f"{root}: no summary.json found (a run folder is any folder holding summary.json, written by "
+            "python -m xgrad.run; give the sweep or outputs folder)"
+        )
+    return folders
+
+
+def read_folder(folder: Path) -> Run | Skipped:
+    """Read one run folder; any unreadable file makes it a :class:`Skipped` with the reason."""
+    source = str(folder)
+    try:
+        summary = json.loads((folder / SUMMARY).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return Skipped(source, f"corrupt: unreadable summary.json ({type(e).__name__}: {e})")
+    metrics = pd.DataFrame()
+    if (folder / METRICS).exists():
+        try:
+            metrics = pd.read_csv(folder / METRICS)
+        except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+            return Skipped(source, f"corrupt: unreadable metrics.csv ({type(e).__name__}: {e})")
+    elif isinstance(summary, dict) and summary.get("status") == "completed":
+        return Skipped(source, "corrupt: metrics.csv is missing")
+    config: dict[str, Any] = {}
+    config_path = folder / ".hydra" / "config.yaml"
+    if config_path.exists():  # optional: runs started in-process (not via Hydra) have none
+        try:
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            return Skipped(source, f"corrupt: unreadable .hydra/config.yaml ({type(e).__name__})")
+    return validate(source, summary, metrics, config, mtime=(folder / SUMMARY).stat().st_mtime)
+
+
+def metric_of(summary: dict[str, Any]) -> str | None:
+    """The quality metric of a run: from its task, else from the keys its summary has."""
+    task = summary.get("task")
+    if task == "classification":
+        return "acc"
+    if task == "language_model":
+        return "ppl"
+    for metric in ("acc", "ppl"):
+        if any(k.endswith(f"_{metric}") for k in summary):
+            return metric
+    return None
+
+
+def validate(
+    source: str, summary: Any, metrics: pd.DataFrame, config: dict[str, Any], mtime: float = 0.0
+) -> Run | Skipped:
+    """Check one run's files against the runner's schema; return the :class:`Run`, or why it is skipped."""
+    if not isinstance(summary, dict):
+        return Skipped(source, "corrupt: summary.json is not a JSON object")
+    version = summary.get("schema_version")
+    if version != SCHEMA_VERSION:
+        return Skipped(source, f"schema mismatch: schema_version {version!r}, this report reads {SCHEMA_VERSION}")
+    status = summary.get("status")
+    done = f"{summary.get('epochs_done', '?')}/{summary.get('epochs', '?')} epochs"
+    if status == "failed":
+        return Skipped(source, f"failed: {summary.get('error') or 'no error recorded'}")
+    if status in ("running", "interrupted"):
+        what = "still running, or stopped without a final status" if status == "running" else "interrupted"
+        return Skipped(source, f"partial (status {status}: {what}; {done})")
+    if status not in USED_STATUSES:
+        return Skipped(source, f"corrupt: unknown status {status!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in summary]
+    if missing:
+        return Skipped(source, f"schema mismatch: summary.json lacks {', '.join(missing)}")
+    metric = metric_of(summary)
+    if metric is None:
+        return Skipped(source, f"schema mismatch: unknown task {summary.get('task')!r} and no acc/ppl metrics")
+    problem = _check_metrics(summary, metrics, metric)
+    if problem:
+        return Skipped(source, f"corrupt: {problem}")
+    metrics = metrics.apply(pd.to_numeric, errors="coerce") if len(metrics) else metrics
+    return Run(source, _normalise(summary), metrics, config if isinstance(config, dict) else {}, mtime)
+
+
+def _check_metrics(summary: dict[str, Any], metrics: pd.DataFrame, metric: str) -> str | None:
+    """What is wrong with a run's metrics, or None. A diverged run may have no rows (it diverged in epoch 1)."""
+    completed = summary["status"] == "completed"
+    if completed:
+        for key in (f"final_test_{metric}", f"best_test_{metric}"):
+            if summary.get(key) is None:
+                return f"summary.json of a completed run lacks {key}"
+        if metrics.empty:
+            return "metrics.csv has no rows"
+    if metrics.empty:
+        return None
+    needed = ["epoch", "train_loss", f"test_{metric}"]
+    absent = [c for c in needed if c not in metrics.columns]
+    if absent:
+        return f"metrics.csv lacks column(s) {', '.join(absent)}"
+    done = summary.get("epochs_done")
+    if completed and isinstance(done, int) and len(metrics) != done:
+        return f"metrics.csv has {len(metrics)} rows but summary.json says {done} epochs were done"
+    return None
+
+
+def _normalise(summary: dict[str, Any]) -> dict[str, Any]:
+    """Consistent types for the keys the report groups by (W&B may hand back ints as floats, etc.)."""
+    out = dict(summary)
+    out["predict"] = bool(out["predict"]) and str(out["predict"]).lower() != "false"
+    out["predict_steps"] = float(out["predict_steps"] or 0.0) if out["predict"] else 0.0
+    out["seed"] = int(out["seed"])
+    out["overrides"] = out.get("overrides") or ""
+    return out
+
+
+def collect(roots: Iterable[Path]) -> Collection:
+    """Read every run folder under ``roots`` (each must hold at least one summary.json)."""
+    collection = Collection()
+    seen: set[Path] = set()
+    for root in roots:
+        for folder in find_run_folders(Path(root)):
+            if folder.resolve() in seen:  # overlapping inputs (outputs/ and outputs/sweeps/x) count once
+                continue
+            seen.add(folder.resolve())
+            item = read_folder(folder)
+            (collection.runs if isinstance(item, Run) else collection.skipped).append(item)
+    return collection
+
+
+def drop_duplicate_seeds(collection: Collection) -> Collection:
+    """Keep one run per (group, seed): the most recently written; the others are listed as skipped."""
+    latest: dict[tuple, Run] = {}
+    for run in collection.runs:
+        key = (*group_key(run.summary), run.summary["seed"])
+        if key not in latest or run.mtime > latest[key].mtime:
+            latest[key] = run
+    chosen = {id(run) for run in latest.values()}  # identity: Run holds DataFrames, so == is not usable
+    kept = [r for r in collection.runs if id(r) in chosen]
+    dropped = [
+        Skipped(
+            r.source,
+            f"duplicate: seed {r.summary['seed']} of this configuration is also in "
+            f"{latest[(*group_key(r.summary), r.summary['seed'])].source} (newer, used)",
+        )
+        for r in collection.runs
+        if id(r) not in chosen
+    ]
+    return Collection(kept, collection.skipped + dropped)
+
+
+# ----------------------------------------------------------------------------------- grouping
+
+
+def split_overrides(text: str) -> list[str]:
+    """Split Hydra's ``override_dirname`` (``a=1,b=[2,3]``) at the commas outside brackets and quotes."""
+    items, depth, quote, current = [], 0, "", ""
+    for char in text:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[({":
+            depth += 1
+        elif char in "])}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        current += char
+    items.append(current)
+    return [item.strip() for item in items if item.strip()]
+
+
+def extra_overrides(overrides: str) -> tuple[str, ...]:
+    """The overrides that are neither the seed nor one of the report's own columns, sorted."""
+    kept = []
+    for item in split_overrides(overrides):
+        key = re.sub(r"^[+~]+", "", item.split("=", 1)[0])  # "+key=value" / "~key" name the same key
+        if key not in NON_VARIANT_KEYS:
+            kept.append(item)
+    return tuple(sorted(kept))
+
+
+def group_key(summary: dict[str, Any]) -> tuple:
+    """Every configuration choice except the seed: the runs that share it are seeds of one group."""
+    return (
+        summary["dataset"],
+        summary["model"],
+        summary["optimizer"],
+        summary["predict"],
+        summary["predict_steps"],
+        extra_overrides(summary["overrides"]),
+    )
+
+
+def _num_layers(config: dict[str, Any]) -> int | None:
+    model = config.get("model")
+    layers = model.get("num_layers") if isinstance(model, dict) else None
+    return int(layers) if isinstance(layers, (int, float)) and not isinstance(layers, bool) else None
+
+
+def runs_frame(runs: list[Run]) -> pd.DataFrame:
+    """One row per run: identity, status, final and best test metric (accuracy in %), cost, and its index.
+
+    Column ``run`` indexes ``runs`` (for the per-epoch metrics), ``extra`` holds the non-seed overrides that
+    are not columns of their own, and ``group`` names the seed group.
+    """
+    rows = []
+    for i, run in enumerate(runs):
+        s, metric = run.summary, run.metric
+        scale = 100.0 if metric == "acc" else 1.0  # accuracies are fractions on disk, percentages in the report
+        seconds = run.metrics.get("epoch_seconds", pd.Series(dtype=float))
+        rows.append(
+            {
+                "run": i,
+                "source": run.source,
+                "status": s["status"],
+                "metric": metric,
+                "dataset": s["dataset"],
+                "model": s["model"],
+                "optimizer": s["optimizer"],
+                "predict": s["predict"],
+                "steps": s["predict_steps"],
+                "seed": s["seed"],
+                "extra": extra_overrides(s["overrides"]),
+                "synthetic": bool(s.get("synthetic", False)),
+                "reduced_scale": bool(s.get("reduced_scale", False)),
+                "epochs": s.get("epochs"),
+                "epochs_done": s.get("epochs_done"),
+                "final": _scaled(s.get(f"final_test_{metric}"), scale),
+                "best": _scaled(s.get(f"best_test_{metric}"), scale),
+                "best_selected_on": s.get("best_selected_on") or "test",
+                "epoch_seconds": float(seconds.mean()) if seconds.notna().any() else float("nan"),
+                "peak_memory_bytes": _scaled(s.get("peak_memory_bytes"), 1.0),
+                "device": str(s.get("device", "")),
+                "num_layers": _num_layers(run.config),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame["group"] = [group_label(row) for row in frame.itertuples()]
+    return frame
+
+
+def _scaled(value: Any, scale: float) -> float:
+    try:
+        return float(value) * scale
+    except (TypeError, ValueError):  # null, or "inf" written as a string for a non-finite value
+        return float("nan")
+
+
+def group_label(row: Any) -> str:
+    """A readable name for a seed group, e.g. ``cifar10/resnet34/sgdm, prediction s=1, epochs=3``."""
+    prediction = f"prediction s={row.steps:g}" if row.predict else "no prediction"
+    return ", ".join([f"{row.dataset}/{row.model}/{row.optimizer}", prediction, *row.extra])
