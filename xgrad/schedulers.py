@@ -33,10 +33,22 @@ def _constant(cfg: Mapping[str, Any], epochs: int) -> Schedule:
     return lambda e: 1.0
 
 
+def _exponential(cfg: Mapping[str, Any], epochs: int) -> Schedule:
+    # The base lr for the first `constant_epochs` epochs, then x gamma at the start of every later epoch
+    # (Zaremba et al. 2014: constant_epochs 4, gamma 0.5). Whole epochs only, also with interval: step.
+    gamma, constant = float(cfg["gamma"]), cfg.get("constant_epochs", 0)
+    if not gamma > 0:
+        raise ValueError(f"invalid scheduler.gamma={gamma!r}: accepted > 0")
+    if isinstance(constant, bool) or not isinstance(constant, int) or constant < 0:
+        raise ValueError(f"invalid scheduler.constant_epochs={constant!r}: accepted an integer >= 0")
+    return lambda e: gamma ** max(0, math.floor(e + 1e-9) + 1 - constant)
+
+
 SCHEDULES: dict[str, Callable[[Mapping[str, Any], int], Schedule]] = {
     "multistep": _multistep,
     "cosine": _cosine,
     "constant": _constant,
+    "exponential": _exponential,
 }
 
 

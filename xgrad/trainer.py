@@ -188,7 +188,9 @@ class Trainer:
             self.task.model = nn.parallel.DistributedDataParallel(
                 self.task.model, device_ids=[device.index] if cuda else None
             )
-        hp = {k: v for k, v in OmegaConf.to_container(cfg.optimizer, resolve=True).items() if k != "name"}
+        # null entries mean "the optimizer's default" (e.g. eps for SGD in the PTB presets' eps tables)
+        hp = OmegaConf.to_container(cfg.optimizer, resolve=True)
+        hp = {k: v for k, v in hp.items() if k != "name" and v is not None}
         try:
             self.optimizer = create_optimizer(cfg.optimizer.name, self.model.parameters(), foreach=True, **hp)
         except ValueError as e:

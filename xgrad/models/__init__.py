@@ -63,4 +63,4 @@ def count_parameters(model: nn.Module) -> int:
 
 # Imported last, for their side effect of registering entries: they need ``register_model``,
 # which must therefore already exist when they are imported.
-from xgrad.models import densenet, lenet, lstm, resnet, resnet_cifar, vgg  # noqa: E402, F401
+from xgrad.models import awd_lstm, densenet, lenet, lstm, resnet, resnet_cifar, vgg  # noqa: E402, F401

@@ -108,7 +108,7 @@ def register_task(name: str) -> Callable[[type[Task]], type[Task]]:
 
 def create_task(cfg: DictConfig, runtime: Runtime) -> Task:
     """Build the task named by ``cfg.dataset.task``."""
-    from . import classification  # noqa: F401  (registers itself)
+    from . import classification, language  # noqa: F401  (register themselves)
 
     name = cfg.dataset.task
     if name not in TASKS:
