@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench report clean sweep-cifar10 sweep-cifar100 sweep-horizon
+.PHONY: install test lint demo bench report clean sweep-cifar10 sweep-cifar100 sweep-ptb sweep-horizon
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,8 @@ sweep-cifar10: $(STAMP)
 	$(PY) -m xgrad.run -m sweep=cifar10_paper $(LAUNCHER)
 sweep-cifar100: $(STAMP)
 	$(PY) -m xgrad.run -m sweep=cifar100_paper $(LAUNCHER)
+sweep-ptb: $(STAMP)
+	$(PY) -m xgrad.run -m sweep=ptb_paper $(LAUNCHER)
 sweep-horizon: $(STAMP)
 	$(PY) -m xgrad.run -m sweep=horizon $(LAUNCHER)
 

@@ -37,7 +37,7 @@ def test_named_sweeps_compose(name):
 
 
 def test_paper_grids_cover_all_optimizers_with_and_without_prediction():
-    for name in ("cifar10_paper", "cifar100_paper"):
+    for name in ("cifar10_paper", "cifar100_paper", "ptb_paper"):
         params = yaml.safe_load((CONF / "sweep" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
         assert params["optimizer"].split(",") == ["sgdm", "adam", "adamw", "adabelief", "adam3"]
         assert params["predict"] == "false,true" and len(params["seed"].split(",")) >= 3
