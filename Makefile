@@ -23,7 +23,6 @@ lint: $(STAMP)
 # The quick start: SGDM and AdamW, with and without weight prediction, on the generated demo images (CPU, no download).
 demo: $(STAMP)
 	$(PY) -m xgrad.run -m sweep=demo
-	@echo "results: outputs/sweeps/demo (one folder per run: metrics.csv, summary.json)"
 
 # The paper's grids (long: add LAUNCHER="hydra/launcher=slurm" or "hydra/launcher=gpus_local" to run them in parallel).
 LAUNCHER ?=
