@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -24,8 +25,15 @@ from xgrad.trainer import ConfigError, base_summary, train
 
 log = logging.getLogger("xgrad")
 
-# The run folder is named by the overrides; a run with none gets "default" instead of an empty name.
-OmegaConf.register_new_resolver("xgrad_dirname", lambda overrides: overrides or "default", replace=True)
+
+
+def run_name(overrides: str) -> str:
+    """The folder name for Hydra's override dirname: booleans spelled one way (a sweep renders ``predict=False``
+    where a command line says ``predict=false``), and ``default`` when there are no overrides."""
+    return re.sub(r"=(True|False)(?=,|$)", lambda m: "=" + m.group(1).lower(), overrides) or "default"
+
+
+OmegaConf.register_new_resolver("xgrad_dirname", run_name, replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -33,7 +41,7 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point: train ``cfg`` in its run folder; in a multirun, a failed job never stops the rest."""
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
-    overrides = hydra_cfg.job.override_dirname
+    overrides = run_name(hydra_cfg.job.override_dirname)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if (folder / SUMMARY).exists():
         os.utime(folder / SUMMARY)  # marks the job as part of this launch for the sweep summary
