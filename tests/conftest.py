@@ -92,3 +92,41 @@ def cifar_root(tmp_path: Path) -> Path:
     write_cifar(root, "cifar10")
     write_cifar(root, "cifar100")
     return root
+
+
+def assert_resume_is_exact(overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Train ``overrides`` (3 epochs) whole, and again killed in epoch 3 then resumed; assert identical results.
+
+    Returns the uninterrupted run's folder. The kill is a KeyboardInterrupt raised as epoch 3 starts, after
+    epoch 2's checkpoint was written, which is what a killed process leaves behind.
+    """
+    import torch
+
+    from xgrad.rundir import read_metrics, read_summary
+    from xgrad.trainer import Trainer, train
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    train(make_cfg(overrides), whole)
+    original = Trainer.train_epoch
+
+    def dies_in_third_epoch(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(overrides), killed)
+    assert read_summary(killed)["status"] == "interrupted" and len(read_metrics(killed)) == 2
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    assert train(make_cfg(overrides), killed).status == "completed"
+
+    def comparable(rows):
+        timing = ("epoch_seconds", "samples_per_second", "tokens_per_second")
+        return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+    assert comparable(read_metrics(killed)) == comparable(read_metrics(whole))
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(killed / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return whole

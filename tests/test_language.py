@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from tests.conftest import make_cfg, run_cli
+from tests.conftest import assert_resume_is_exact, make_cfg, run_cli
 from xgrad import WeightPredictor
 from xgrad.data import DataError, batchify, bptt_windows, build_vocabulary, load_ptb, make_demo_text
 from xgrad.data import ptb as ptb_module
@@ -24,7 +24,7 @@ from xgrad.rundir import read_metrics, read_summary
 from xgrad.schedulers import SCHEDULES
 from xgrad.tasks import Runtime
 from xgrad.tasks.language import LanguageModelling
-from xgrad.trainer import ConfigError, Trainer, train
+from xgrad.trainer import ConfigError, train
 
 # A tiny run on the generated corpus: 1-layer 32-unit LSTM, a few seconds per run on a CPU.
 TINY_TEXT = [
@@ -299,28 +299,8 @@ def test_demo_text_run_lowers_perplexity(tmp_path):
 def test_kill_and_resume_gives_identical_metrics(tmp_path, monkeypatch):
     overrides = [*TINY_TEXT, "epochs=3", "optimizer=sgdm", "optimizer.lr=2", "predict=true", "model.dropout=0.3",
                  "scheduler=exponential", "scheduler.constant_epochs=2"]  # fmt: skip
-    whole = tmp_path / "whole"
-    train(make_cfg(overrides), whole)
-
-    killed = tmp_path / "killed"
-    original = Trainer.train_epoch
-
-    def dies_in_third_epoch(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(overrides), killed)
-    assert len(read_metrics(killed)) == 2
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    assert train(make_cfg(overrides), killed).status == "completed"
-    assert _comparable(read_metrics(killed)) == _comparable(read_metrics(whole))
+    whole = assert_resume_is_exact(overrides, tmp_path, monkeypatch)
     assert read_metrics(whole)[2]["lr"] == 1.0  # halved after the 2 constant epochs
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(killed / "checkpoint.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_awd_lstm_trains_with_prediction_and_accumulation(tmp_path):

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.conftest import CONF, TINY, make_cfg, run_cli
+from tests.conftest import CONF, TINY, assert_resume_is_exact, make_cfg, run_cli
 from xgrad.rundir import read_metrics, read_summary
 from xgrad.trainer import ConfigError, Trainer, train
 
@@ -98,27 +97,7 @@ def _comparable(rows):
 def test_kill_and_resume_gives_identical_metrics(tmp_path, monkeypatch):
     overrides = [*TINY, "epochs=3", "optimizer=sgdm", "predict=true", "scheduler=multistep",
                  "scheduler.milestones=[2]"]  # fmt: skip
-    whole = tmp_path / "whole"
-    train(make_cfg(overrides), whole)
-
-    killed = tmp_path / "killed"
-    original = Trainer.train_epoch
-
-    def dies_in_third_epoch(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(overrides), killed)
-    assert read_summary(killed)["status"] == "interrupted" and len(read_metrics(killed)) == 2
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    assert train(make_cfg(overrides), killed).status == "completed"
-    assert _comparable(read_metrics(killed)) == _comparable(read_metrics(whole))
-    a = torch.load(whole / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(killed / "checkpoint.pt", weights_only=False)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert_resume_is_exact(overrides, tmp_path, monkeypatch)
 
 
 def test_rerunning_a_completed_run_does_nothing(tmp_path, caplog):
