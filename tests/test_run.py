@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import CONF, TINY, assert_resume_is_exact, make_cfg, run_cli
 from xgrad.rundir import read_metrics, read_summary
@@ -146,11 +147,21 @@ def test_exception_during_training_marks_failed(tmp_path, monkeypatch):
         (["grad_accum=0"], "grad_accum=0"),
         (["optimizer=adam", "optimizer.betas=[0.9,1.5]"], r"betas\[1\]=1.5"),
         (["scheduler.interval=hourly"], "interval='hourly'"),
+        (["threads=0"], "threads=0"),
     ],
 )
 def test_bad_values_raise_config_errors(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         train(make_cfg([*TINY, *overrides]), tmp_path)
+
+
+def test_threads_setting(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        assert train(make_cfg([*TINY, "epochs=1", "threads=1"]), tmp_path).status == "completed"
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_gradient_accumulation_and_clipping_run(tmp_path):

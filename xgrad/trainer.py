@@ -79,6 +79,9 @@ def validate_config(cfg: DictConfig) -> None:
             "grad_clip", "null or a number > 0")  # fmt: skip
     require(0 <= cfg.label_smoothing < 1, "label_smoothing", "0 <= label_smoothing < 1")
     require(cfg.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+    threads = cfg.get("threads")
+    require(threads is None or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
+            "threads", "null or an integer >= 1")  # fmt: skip
     require(cfg.progress in ("auto", "bar", "line"), "progress", "auto, bar or line")
     name = cfg.optimizer.name
     require(name in OPTIMIZERS, "optimizer.name", f"one of {sorted(OPTIMIZERS)}")
@@ -177,6 +180,8 @@ class Trainer:
         self.runtime = Runtime(device, amp_dtype=torch.bfloat16 if cuda else None, channels_last=cuda,
                                rank=self.dist.rank, world_size=self.dist.world_size)  # fmt: skip
         seed_everything(cfg.seed)
+        if cfg.get("threads"):
+            torch.set_num_threads(int(cfg.threads))
         if cuda:
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
