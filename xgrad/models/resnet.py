@@ -26,18 +26,21 @@ def _projection(in_planes: int, out_planes: int, stride: int) -> nn.Module:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with a residual connection (ResNet-18/34)."""
+    """Two 3x3 convs with a residual connection (ResNet-18/34; with a parameter-free shortcut, ResNet-20/56).
+
+    ``shortcut`` replaces the default (identity, or 1x1 conv + BN where the shape changes).
+    """
 
     expansion = 1
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: nn.Module | None = None) -> None:
         super().__init__()
         # No conv bias: the following BN's shift makes it redundant.
         self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = _projection(in_planes, planes * self.expansion, stride)
+        self.shortcut = shortcut if shortcut is not None else _projection(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

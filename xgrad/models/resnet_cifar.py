@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from xgrad.models import register_model
+from xgrad.models.resnet import BasicBlock
 
-__all__ = ["CifarBasicBlock", "CifarResNet", "resnet20", "resnet56"]
+__all__ = ["CifarResNet", "resnet20", "resnet56"]
 
 
 class _ZeroPadShortcut(nn.Module):
@@ -29,24 +30,10 @@ class _ZeroPadShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
-class CifarBasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with a parameter-free (option A) shortcut."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
-            # Option A keeps the parameter count at the paper's figures (no projection convs).
-            self.shortcut = _ZeroPadShortcut(planes - in_planes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def _option_a_block(in_planes: int, planes: int, stride: int) -> BasicBlock:
+    """A basic block whose shortcut is parameter-free (option A), which keeps the paper's parameter counts."""
+    shortcut = nn.Identity() if stride == 1 and in_planes == planes else _ZeroPadShortcut(planes - in_planes)
+    return BasicBlock(in_planes, planes, stride, shortcut=shortcut)
 
 
 class CifarResNet(nn.Module):
@@ -70,7 +57,7 @@ class CifarResNet(nn.Module):
     def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
         blocks = []
         for s in [stride] + [1] * (num_blocks - 1):
-            blocks.append(CifarBasicBlock(self.in_planes, planes, s))
+            blocks.append(_option_a_block(self.in_planes, planes, s))
             self.in_planes = planes
         return nn.Sequential(*blocks)
 
