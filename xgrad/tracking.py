@@ -106,9 +106,8 @@ class Trackers:
     def close(self) -> None:
         """Finish every tracker (always called, also when the run fails)."""
         if self.wandb_run is not None:
-            exit_code = 0
             try:
-                self.wandb_run.finish(exit_code=exit_code)
+                self.wandb_run.finish(exit_code=0)
             except Exception as e:
                 warnings.warn(f"W&B finish failed: {e}", stacklevel=2)
             self.wandb_run = None

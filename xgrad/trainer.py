@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import resource
 import subprocess
@@ -31,7 +30,7 @@ from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup
 from xgrad.optim import OPTIMIZERS, create_optimizer
 from xgrad.rundir import CHECKPOINT, SCHEMA_VERSION, read_summary, save_checkpoint, write_metrics, write_summary
 from xgrad.schedulers import create_scheduler
-from xgrad.tasks import Runtime, Stats, Task, create_task
+from xgrad.tasks import Runtime, Stats, Task, config_kwargs, create_task
 from xgrad.tracking import Trackers
 
 __all__ = ["ConfigError", "RunResult", "train"]
@@ -194,8 +193,7 @@ class Trainer:
                 self.task.model, device_ids=[device.index] if cuda else None
             )
         # null entries mean "the optimizer's default" (e.g. eps for SGD in the PTB presets' eps tables)
-        hp = OmegaConf.to_container(cfg.optimizer, resolve=True)
-        hp = {k: v for k, v in hp.items() if k != "name" and v is not None}
+        hp = config_kwargs(cfg.optimizer)
         try:
             self.optimizer = create_optimizer(cfg.optimizer.name, self.model.parameters(), foreach=True, **hp)
         except ValueError as e:
@@ -421,8 +419,7 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
         log.info("already %s: %s (nothing to do; delete the folder or set resume=false to rerun)",
                  previous["status"], folder)  # fmt: skip
         return RunResult(previous["status"], previous, skipped=True)
-    validate_config(cfg)
-    trainer = Trainer(cfg, folder, overrides)
+    trainer = Trainer(cfg, folder, overrides)  # validates the config first
     checkpoint = folder / CHECKPOINT
     if cfg.resume and checkpoint.exists():
         trainer.load_checkpoint(checkpoint)
@@ -459,7 +456,3 @@ def _previous_summary(folder: Path) -> dict[str, Any] | None:
     except ValueError:
         return None
 
-
-def environment_note() -> str:
-    """One line about threads and versions, for logs."""
-    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, pid {os.getpid()}"

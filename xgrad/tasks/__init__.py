@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-__all__ = ["TASKS", "Runtime", "Stats", "Task", "create_task", "register_task"]
+__all__ = ["TASKS", "Runtime", "Stats", "Task", "build_model", "config_kwargs", "create_task", "register_task"]
 
 Stats = dict[str, Tensor]
 """Summed statistics of some batches, e.g. ``{"loss_sum": ..., "count": ..., "correct": ...}``."""
@@ -91,6 +91,23 @@ class Task(ABC):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         """Restore what :meth:`state_dict` saved."""
+
+
+def config_kwargs(node: DictConfig) -> dict[str, Any]:
+    """A config group entry as keyword arguments: every key but ``name``; null means "the callee's default"."""
+    values = OmegaConf.to_container(node, resolve=True)
+    return {k: v for k, v in values.items() if k != "name" and v is not None}
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The model ``cfg.model.name`` with the config's hyperparameters; a bad one is a ConfigError naming it."""
+    from xgrad.models import create_model
+    from xgrad.trainer import ConfigError  # the trainer imports this package: import lazily
+
+    try:
+        return create_model(cfg.model.name, num_classes=num_classes, **config_kwargs(cfg.model))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model={cfg.model.name}: {e}") from e
 
 
 TASKS: dict[str, type[Task]] = {}

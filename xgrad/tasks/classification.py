@@ -9,9 +9,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from xgrad.data import DeviceImageLoader, ImageDataset, load_cifar, make_demo_images
-from xgrad.models import create_model
 
-from . import Runtime, Stats, Task, register_task
+from . import Runtime, Stats, Task, build_model, register_task
 
 __all__ = ["ImageClassification", "load_image_dataset"]
 
@@ -55,7 +54,7 @@ class ImageClassification(Task):
         self.eval_loaders = {"test": loader(data.test, False, int(cfg.eval_batch_size))}
         if val is not None:
             self.eval_loaders = {"val": loader(val, False, int(cfg.eval_batch_size)), **self.eval_loaders}
-        self.model = create_model(cfg.model.name, num_classes=data.num_classes).to(runtime.device)
+        self.model = build_model(cfg, data.num_classes).to(runtime.device)
         if runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg.label_smoothing))

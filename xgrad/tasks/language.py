@@ -22,14 +22,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 from xgrad.data import DataError, TextCorpus, batchify, bptt_windows, load_ptb, make_demo_text
 from xgrad.data.ptb import num_windows
-from xgrad.models import create_model
 
-from . import Runtime, Stats, Task, register_task
+from . import Runtime, Stats, Task, build_model, register_task
 
 __all__ = ["LanguageModelling", "detach_state", "load_text_corpus"]
 
@@ -101,11 +100,7 @@ class LanguageModelling(Task):
             raise DataError(f"{ds.name}: a split is too short for its batch size: {e}") from e
         self.eval_window_tokens = int(ds.get("eval_window_tokens", EVAL_WINDOW_TOKENS))
 
-        hp = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
-        try:
-            model = create_model(cfg.model.name, num_classes=corpus.vocab_size, **hp)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model={cfg.model.name}: {e}") from e
+        model = build_model(cfg, corpus.vocab_size)
         if not hasattr(model, "init_hidden"):
             raise ConfigError(
                 f"model={cfg.model.name} is not a language model (dataset {ds.name} needs one): use model=lstm or "
