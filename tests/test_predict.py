@@ -279,6 +279,33 @@ def test_param_groups_scheduler_frozen_and_gradless_params():
     assert optimizer.param_groups[0]["lr"] == 0.1 * 0.5**4
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mixed_steps", [False, True])
+def test_zero_second_moments_predict_no_change(dtype, mixed_steps):
+    """Embedding rows that never got a gradient have m = v = 0 exactly: their prediction is theta, not nan.
+
+    The CPU kernel takes the square root as 1 / rsqrt(v) (rsqrt(0) = inf), so zeros are the edge case.
+    """
+    torch.manual_seed(0)
+    embedding = nn.Parameter(torch.randn(50, 8, dtype=dtype))
+    other = nn.Parameter(torch.randn(8, dtype=dtype))
+    optimizer = torch.optim.AdamW([embedding, other], lr=1e-2, weight_decay=0.1)
+    for step in range(3):
+        embedding.grad = torch.zeros_like(embedding)
+        embedding.grad[:5] = torch.randn(5, 8, dtype=dtype)  # only the first 5 rows are ever used
+        other.grad = torch.randn(8, dtype=dtype) if (step == 0 or not mixed_steps) else None
+        optimizer.step()
+    assert (optimizer.state[embedding]["exp_avg_sq"][5:] == 0).all()
+    expected = reference_prediction(optimizer, embedding, 1.0, False)
+    expected_other = reference_prediction(optimizer, other, 1.0, False)
+    tol = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-13, "atol": 1e-14}
+    rows_before = embedding.detach()[5:].clone()
+    with WeightPredictor(optimizer):
+        assert torch.equal(embedding.detach()[5:], rows_before)
+        torch.testing.assert_close(embedding.detach().double(), expected, **tol)
+        torch.testing.assert_close(other.detach().double(), expected_other, **tol)
+
+
 def test_parameter_without_state_is_unchanged():
     params = make_params()
     optimizer = torch.optim.AdamW(params)

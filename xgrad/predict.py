@@ -141,6 +141,19 @@ def _step_counts(states: Sequence[dict[str, Any]]) -> list[float]:
     return [float(t) for t in steps]
 
 
+def _sqrt_(flat: Tensor) -> Tensor:
+    """In-place square root of ``flat``; on CPU as ``1 / rsqrt(x)`` (within 2 ulp of ``sqrt``).
+
+    Why: ATen's vectorised CPU ``sqrt`` is compute-bound and several times slower on exact zeros (measured
+    with AVX-512: 4.65M floats, 1.44 ms normal, 4.5 ms all zeros, 9.9 ms half zeros), and an Adam(W) second
+    moment is all zeros for embedding rows that never got a gradient. ``rsqrt`` then ``reciprocal`` costs
+    1.0-1.3 ms whatever the values (``1 / inf = 0`` keeps zeros exact). Other devices keep the single pass.
+    """
+    if flat.device.type == "cpu":
+        return flat.rsqrt_().reciprocal_()
+    return flat.sqrt_()
+
+
 def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
     def rule(batch: PredictionBatch) -> None:
         group = batch.group
@@ -172,15 +185,15 @@ def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
         torch._foreach_copy_(out, seconds)
         if uniform:
             if eps_outside_sqrt:
-                flat.sqrt_().add_(epsilons[0])
+                _sqrt_(flat).add_(epsilons[0])
                 torch.div(torch.tensor(scales[0], dtype=torch.float64), flat, out=flat)
             else:
                 flat.rsqrt_().mul_(scales[0])
         else:  # parameters at different step counts (some skipped steps): per-tensor scalars
-            torch._foreach_sqrt_(out)
+            _sqrt_(flat)
             if eps_outside_sqrt:
                 torch._foreach_add_(out, epsilons)
-            torch._foreach_reciprocal_(out)
+            flat.reciprocal_()
             torch._foreach_mul_(out, scales)
         torch._foreach_mul_(out, exp_avgs)
         torch._foreach_add_(out, batch.params, alpha=decay)
