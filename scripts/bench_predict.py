@@ -65,7 +65,8 @@ def lstm_workload(device: torch.device):
     return model, loss_fn
 
 
-WORKLOADS = {"resnet20 (batch 128)": resnet20_workload, "lstm 2x200 (20x35)": lstm_workload}
+#: name on the command line -> (label in the table, workload)
+WORKLOADS = {"resnet20": ("resnet20 (batch 128)", resnet20_workload), "lstm": ("lstm 2x200 (20x35)", lstm_workload)}
 
 
 # ----------------------------------------------------------------------------------- the naive reference
@@ -112,20 +113,24 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fns: list[Callable[[], None]], device: torch.device, repeats: int, warmup: int = 3) -> list[float]:
-    """Median wall time of each function; calls are interleaved so that drift affects all alike."""
+def interleaved_seconds(
+    fns: list[Callable[[], None]], device: torch.device, repeats: int, warmup: int = 3
+) -> list[list[float]]:
+    """Wall times of each function over ``repeats`` rounds; one call of each per round, the order reversed every
+    other round, so drift and cache state before a call affect all alike."""
     for _ in range(warmup):
         for fn in fns:
             fn()
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
+    for round_ in range(repeats):
+        order = range(len(fns)) if round_ % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
             sync(device)
             start = time.perf_counter()
-            fn()
+            fns[i]()
             sync(device)
             times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def bench_one(
@@ -167,18 +172,20 @@ def bench_one(
     if compiled is not None and optimizer_name != "sgdm":  # SGD has no fused path
         compiled_predict_restore()  # compiles (seconds) before timing
         fns.append(compiled_predict_restore)
-    step_s, ours_s, naive_s, *compiled_s = median_seconds(fns, device, repeats)
-    plain_s, pred_s = median_seconds(
-        [lambda: train_step(False), lambda: train_step(True)], device, step_repeats
-    )
+    step_s, ours_s, naive_s, *compiled_s = map(statistics.median, interleaved_seconds(fns, device, repeats))
+    # The overhead is the median of per-round ratios: a whole step is ~100x the prediction, so the ratio of two
+    # separate medians would mostly measure drift between rounds.
+    plain, pred = interleaved_seconds([lambda: train_step(False), lambda: train_step(True)], device, step_repeats)
+    overhead = statistics.median(b / a - 1 for a, b in zip(plain, pred))
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
         "step_ms": step_s * 1e3,
         "predict_restore_ms": ours_s * 1e3,
         "naive_ms": naive_s * 1e3,
         "compiled_ms": compiled_s[0] * 1e3 if compiled_s else float("nan"),
-        "train_ms": plain_s * 1e3,
-        "train_pred_ms": pred_s * 1e3,
+        "train_ms": statistics.median(plain) * 1e3,
+        "train_pred_ms": statistics.median(pred) * 1e3,
+        "overhead": overhead,
         "extra_mib": predictor.buffer_bytes / 2**20,
         "param_mib": param_bytes / 2**20,
     }
@@ -187,18 +194,22 @@ def bench_one(
 def markdown_table(rows: list[tuple[str, str, str, dict]]) -> str:
     head = (
         "| device | model | optimizer | step() ms | predict+restore ms | ratio to step | naive ms | speedup vs naive "
-        "| compile=True ms (ratio to step) | train step ms | with prediction ms | overhead | extra MiB (params MiB) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| compile=True ms (ratio to step) | train step ms | with prediction ms | overhead "
+        "| predict+restore / train step | extra MiB (params MiB) |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for device, model, opt, r in rows:
+        c = r["compiled_ms"]
+        compiled = "n/a" if math.isnan(c) else f"{c:.3f} ({c / r['step_ms']:.2f}x)"
         lines.append(
             f"| {device} | {model} | {opt} | {r['step_ms']:.3f} | {r['predict_restore_ms']:.3f} "
             f"| {r['predict_restore_ms'] / r['step_ms']:.2f}x | {r['naive_ms']:.3f} "
             f"| {r['naive_ms'] / r['predict_restore_ms']:.1f}x "
-            f"| {r['compiled_ms']:.3f} ({r['compiled_ms'] / r['step_ms']:.2f}x) "
+            f"| {compiled} "
             f"| {r['train_ms']:.1f} | {r['train_pred_ms']:.1f} "
-            f"| {100 * (r['train_pred_ms'] / r['train_ms'] - 1):+.1f}% | {r['extra_mib']:.2f} ({r['param_mib']:.2f}) |"
+            f"| {100 * r['overhead']:+.1f}% | {100 * r['predict_restore_ms'] / r['train_ms']:.2f}% "
+            f"| {r['extra_mib']:.2f} ({r['param_mib']:.2f}) |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -206,6 +217,7 @@ def markdown_table(rows: list[tuple[str, str, str, dict]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", nargs="+", default=["cpu", "cuda"], help="devices to try (cuda skipped if absent)")
+    parser.add_argument("--models", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     parser.add_argument("--repeats", type=int, default=200, help="timed repeats of step and predict+restore")
     parser.add_argument("--step-repeats", type=int, default=30, help="timed repeats of whole training steps")
@@ -219,7 +231,8 @@ def main() -> None:
     devices = [torch.device(d) for d in args.device if d != "cuda" or torch.cuda.is_available()]
     rows = []
     for device in devices:
-        for model_name, workload in WORKLOADS.items():
+        for name in args.models:
+            model_name, workload = WORKLOADS[name]
             for opt in args.optimizers:
                 result = bench_one(workload, opt, device, args.repeats, args.step_repeats, not args.no_compiled)
                 rows.append((device.type, model_name, opt, result))
@@ -235,9 +248,11 @@ def main() -> None:
             f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads{gpu}; "
             f"Python {platform.python_version()}, torch {torch.__version__}.\n\n"
             "Medians over interleaved repeats. `ratio to step` = predict+restore time / the same optimizer's "
-            "foreach `step()`; `overhead` = whole training step with prediction vs without; `extra MiB` = the "
+            "foreach `step()`; `overhead` = whole training step with prediction vs without "
+            "(median of per-round ratios; noisy on a shared CPU) and, more precisely, the predict+restore time as "
+            "a share of a training step; `extra MiB` = the "
             "predictor's spare buffers (one copy of the parameters, allocated once); `compile=True` = the "
-            "opt-in torch.compile-fused prediction (Adam family only; nan for SGDM).\n\n"
+            "opt-in torch.compile-fused prediction (Adam family only; n/a for SGDM).\n\n"
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
