@@ -10,8 +10,6 @@ from torch import nn
 
 from xgrad.optim import OPTIMIZERS, AdaBelief, AdaM3, create_optimizer
 
-adabelief_pytorch = pytest.importorskip("adabelief_pytorch")
-
 
 def _params(seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -27,6 +25,7 @@ def _grads(params, n, seed=1):
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("decoupled", [False, True])
 def test_adabelief_matches_official_package(decoupled, amsgrad, foreach):
+    adabelief_pytorch = pytest.importorskip("adabelief_pytorch")  # a dev dependency; skip only this test
     ours_p, ref_p = _params(), _params()
     hp = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-12, weight_decay=0.05, amsgrad=amsgrad)
     ours = AdaBelief(ours_p, decoupled_weight_decay=decoupled, foreach=foreach, **hp)
@@ -153,3 +152,36 @@ def test_direct_constructor_validates():
         AdaBelief(_params(), eps=-1)
     with pytest.raises(ValueError, match="betas"):
         AdaM3(_params(), betas=(1.5, 0.9))
+
+
+@pytest.mark.parametrize("cls", [AdaBelief, AdaM3])
+def test_tensor_lr_and_betas_match_floats(cls):
+    """torch's Adam accepts tensor lr and betas (e.g. for capturable schedules); ours do too."""
+    floats, tensors = _params(), _params()
+    a = cls(floats, lr=0.01, betas=(0.8, 0.99))
+    t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731 (float64: the same numbers as the floats)
+    b = cls(tensors, lr=t(0.01), betas=(t(0.8), t(0.99)))
+    for grads in _grads(floats, 3):
+        for p, q, g in zip(floats, tensors, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        a.step()
+        b.step()
+    for p, q in zip(floats, tensors):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("cls", [AdaBelief, AdaM3])
+def test_complex_parameters_update_as_pairs_of_reals(cls, foreach):
+    """As torch's Adam: a complex tensor is optimized as its (re, im) view, so |g|^2 is per component."""
+    torch.manual_seed(0)
+    z = nn.Parameter(torch.randn(5, dtype=torch.complex128))
+    twin = nn.Parameter(torch.view_as_real(z.detach()).clone())
+    ours = cls([z], lr=0.1, weight_decay=0.1, amsgrad=True, foreach=foreach)
+    reference = cls([twin], lr=0.1, weight_decay=0.1, amsgrad=True, foreach=foreach)
+    for _ in range(3):
+        z.grad = torch.randn(5, dtype=torch.complex128)
+        twin.grad = torch.view_as_real(z.grad).clone()
+        ours.step()
+        reference.step()
+    torch.testing.assert_close(torch.view_as_real(z.detach()), twin.detach(), rtol=0, atol=0)

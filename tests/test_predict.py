@@ -384,6 +384,120 @@ def test_grad_scaler_skipped_step_keeps_prediction():
         assert all(torch.equal(p.detach(), b) for p, b in zip(model.parameters(), before))
 
 
+def test_fused_adam_skipped_first_step_keeps_weights():
+    """Fused Adam under GradScaler takes a skipped first step back (state exists, step == 0): no prediction yet."""
+    torch.manual_seed(0)
+    first, second = nn.Linear(4, 3), nn.Linear(3, 2)
+    optimizer = torch.optim.Adam([*first.parameters(), *second.parameters()], lr=0.1, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    predictor = WeightPredictor(optimizer)
+    with predictor:
+        scaler.scale(second(first(torch.randn(5, 4) * float("inf"))).sum()).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert float(optimizer.state[first.weight]["step"]) == 0.0
+    optimizer.zero_grad(set_to_none=True)
+    second.weight.grad = torch.randn(2, 3)
+    optimizer.step()  # now one parameter has taken a step and the others have not
+    params = [*first.parameters(), *second.parameters()]
+    expected = [reference_prediction(optimizer, p, 1.0, False).float() for p in params]
+    before = [p.detach().clone() for p in params]
+    with predictor:
+        for p, want, theta, stepped in zip(params, expected, before, (False, False, True, False)):
+            assert torch.isfinite(p).all()
+            if stepped:
+                torch.testing.assert_close(p.detach(), want, rtol=1e-6, atol=1e-7)
+            else:
+                assert torch.equal(p.detach(), theta)
+
+
+def test_complex_parameters_predict_as_pairs_of_reals():
+    """torch's Adam updates a complex tensor as (re, im) pairs; the prediction must read its state the same way."""
+    torch.manual_seed(0)
+    z = nn.Parameter(torch.randn(6, dtype=torch.complex128))
+    twin = nn.Parameter(torch.view_as_real(z.detach()).clone())
+    for factory in (lambda p: torch.optim.Adam(p, lr=0.1, amsgrad=True), lambda p: AdaBelief(p, lr=0.1),
+                    lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)):  # fmt: skip
+        z.data, twin.data = z.detach().clone(), torch.view_as_real(z.detach()).clone()
+        ours, theirs = factory([z]), factory([twin])
+        for _ in range(3):
+            z.grad = torch.randn(6, dtype=torch.complex128)
+            twin.grad = torch.view_as_real(z.grad).clone()
+            ours.step()
+            theirs.step()
+        with WeightPredictor(ours), WeightPredictor(theirs):
+            torch.testing.assert_close(torch.view_as_real(z.detach()), twin.detach(), rtol=1e-13, atol=1e-14)
+
+
+def test_first_prediction_under_inference_mode_then_training():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    predictor = WeightPredictor(optimizer)
+    with torch.inference_mode(), predictor:  # e.g. evaluating at the predicted weights first
+        model(torch.randn(3, 4))
+    optimizer.zero_grad()
+    with predictor:
+        model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+
+
+def test_adamw_group_without_decoupled_key_still_decays():
+    """AdamW groups of older torch versions have no decoupled_weight_decay key; AdamW is decoupled regardless."""
+    params = make_params()
+    optimizer = torch.optim.AdamW(params, lr=0.1, weight_decay=0.5)
+    random_steps(optimizer, params)
+    with WeightPredictor(optimizer, include_weight_decay=True):
+        with_key = [p.detach().clone() for p in params]
+    del optimizer.param_groups[0]["decoupled_weight_decay"]
+    with WeightPredictor(optimizer, include_weight_decay=True):
+        for p, want in zip(params, with_key):
+            assert torch.equal(p.detach(), want)
+
+
+def test_float16_adam_with_small_eps_stays_finite():
+    """In float16, eps * sqrt(1 - beta2^t) rounds to zero: rows without gradient must not become 0 / 0."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(6, 3).half())
+    optimizer = torch.optim.Adam([p], lr=1e-3, eps=1e-7)
+    p.grad = torch.zeros_like(p)
+    p.grad[:2] = torch.randn(2, 3).half()
+    optimizer.step()
+    assert torch.isfinite(p).all()
+    expected = reference_prediction(optimizer, p, 1.0, False)
+    with WeightPredictor(optimizer):
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p.detach().double(), expected, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("cls", [AdaBelief, AdaM3])
+def test_amsgrad_switched_on_mid_run_predicts_from_second_moment(cls):
+    """Our optimizers create the running maximum lazily; until their next step, the prediction uses v."""
+    params = make_params()
+    optimizer = cls(params, lr=1e-2)
+    random_steps(optimizer, params)
+    expected = [reference_prediction(optimizer, p, 1.0, False) for p in params]  # amsgrad still off
+    optimizer.param_groups[0]["amsgrad"] = True
+    with WeightPredictor(optimizer):
+        for p, want in zip(params, expected):
+            torch.testing.assert_close(p.detach(), want, rtol=1e-13, atol=1e-14)
+    random_steps(optimizer, params, n=1)  # the optimizer copes too
+
+
+def test_loading_steps_zero_frees_the_buffers():
+    params = make_params()
+    optimizer = torch.optim.Adam(params)
+    random_steps(optimizer, params)
+    predictor = WeightPredictor(optimizer)
+    with predictor:
+        pass
+    assert predictor.buffer_bytes > 0
+    predictor.load_state_dict({"steps": 0, "include_weight_decay": False})
+    assert predictor.buffer_bytes == 0
+
+
 def test_every_optimizer_converges_with_and_without_prediction():
     from xgrad.optim import create_optimizer
 

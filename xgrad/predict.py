@@ -21,7 +21,7 @@ import types
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -42,20 +42,24 @@ class PredictionBatch:
     state), where ``decay`` is ``1 - steps * lr * weight_decay`` for a decoupled decay when the predictor
     includes it, else 1. The ``out`` tensors are views into the one 1-D tensor ``flat`` (which also holds
     alignment gaps): an elementwise in-place op on ``flat`` updates every ``out[i]`` in a single kernel, so
-    steps that involve no other tensor cost one call instead of one per parameter.
+    steps that involve no other tensor cost one call instead of one per parameter. ``flat`` is None when
+    ``out`` covers only part of it. Complex parameters arrive as real views (``torch.view_as_real``) of the
+    parameters, their state tensors and ``out``, as torch's optimizers treat them.
     """
 
     group: dict[str, Any]
     params: list[Tensor]
     states: list[dict[str, Any]]
     out: list[Tensor]
-    flat: Tensor
+    flat: Tensor | None
     steps: float
     include_weight_decay: bool
     #: Whether the predictor asks for ``torch.compile``-fused kernels (a rule may ignore it).
     compile: bool = False
     #: Per-batch storage that lives as long as the predictor (e.g. a compiled kernel and its scalar tensors).
     cache: dict[str, Any] = field(default_factory=dict)
+    #: The optimizer the group belongs to.
+    optimizer: Optimizer | None = None
 
     @property
     def lr(self) -> float:
@@ -141,41 +145,65 @@ def _step_counts(states: Sequence[dict[str, Any]]) -> list[float]:
     return [float(t) for t in steps]
 
 
-def _sqrt_(flat: Tensor) -> Tensor:
-    """In-place square root of ``flat``; on CPU as ``1 / rsqrt(x)`` (within 2 ulp of ``sqrt``).
+def _foreach_sqrt_(tensors: list[Tensor]) -> None:
+    """In-place square roots; on CPU as ``1 / rsqrt(x)`` (within 2 ulp of ``sqrt``).
 
     Why: ATen's vectorised CPU ``sqrt`` is compute-bound and several times slower on exact zeros (measured
-    with AVX-512: 4.65M floats, 1.44 ms normal, 4.5 ms all zeros, 9.9 ms half zeros), and an Adam(W) second
+    with AVX-512: 4.65M floats, 0.9 ms normal, 4.1 ms all zeros, 10.4 ms half zeros), and an Adam(W) second
     moment is all zeros for embedding rows that never got a gradient. ``rsqrt`` then ``reciprocal`` costs
-    1.0-1.3 ms whatever the values (``1 / inf = 0`` keeps zeros exact). Other devices keep the single pass.
+    0.9 ms whatever the values (``1 / inf = 0`` keeps zeros exact). Other devices keep the single pass.
     """
-    if flat.device.type == "cpu":
-        return flat.rsqrt_().reciprocal_()
-    return flat.sqrt_()
+    if tensors[0].device.type == "cpu":
+        torch._foreach_rsqrt_(tensors)
+        torch._foreach_reciprocal_(tensors)
+    else:
+        torch._foreach_sqrt_(tensors)
+
+
+def _keep_unstepped(rule: RuleFn, batch: PredictionBatch, counts: list[float]) -> None:
+    """Parameters whose state has no step yet keep their weights; the others are predicted by ``rule``.
+
+    This happens after a skipped first step: fused Adam under ``GradScaler`` takes the step count back.
+    """
+    fresh = [i for i, t in enumerate(counts) if t == 0]
+    torch._foreach_copy_([batch.out[i] for i in fresh], [batch.params[i] for i in fresh])
+    rest = [i for i, t in enumerate(counts) if t != 0]
+    if rest:
+        subset = {name: [getattr(batch, name)[i] for i in rest] for name in ("params", "states", "out")}
+        rule(replace(batch, **subset, flat=None, compile=False))
 
 
 def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
     def rule(batch: PredictionBatch) -> None:
+        counts = _step_counts(batch.states)
+        if 0 in counts:
+            _keep_unstepped(rule, batch, counts)
+            return
         group = batch.group
         beta1, beta2 = (float(b) for b in group["betas"])
         eps, lr, s = float(group["eps"]), batch.lr, batch.steps
-        second_key = "max_exp_avg_sq" if group.get("amsgrad", False) else "exp_avg_sq"
         exp_avgs = [st["exp_avg"] for st in batch.states]
-        seconds = [st[second_key] for st in batch.states]
+        if group.get("amsgrad", False):  # amsgrad switched on mid-run: no maximum until the next step
+            seconds = [st.get("max_exp_avg_sq", st["exp_avg_sq"]) for st in batch.states]
+        else:
+            seconds = [st["exp_avg_sq"] for st in batch.states]
+
+        decay = 1.0
+        wd = float(group.get("weight_decay", 0.0))
+        if batch.include_weight_decay and _decoupled(batch) and wd != 0.0:
+            decay = 1.0 - s * lr * wd
+        if batch.out[0].dtype == torch.float16:
+            _predict_in_step_order(batch, exp_avgs, seconds, counts, eps if eps_outside_sqrt else 0.0, decay)
+            return
 
         # m_hat / (sqrt(v_hat) + eps) = sqrt(bc2) / bc1 * m / (sqrt(v) + eps * sqrt(bc2)), with bc = 1 - beta^t:
         # the bias corrections become scalars, so only copying v in and combining with m and theta touch
         # other tensors; everything else runs on the flat buffer in one kernel.
         scales, epsilons = [], []
-        for t in _step_counts(batch.states):
+        for t in counts:
             bc2_sqrt = math.sqrt(1.0 - beta2**t)
             scales.append(-s * lr * bc2_sqrt / (1.0 - beta1**t))
             epsilons.append(eps * bc2_sqrt)
-
-        decay = 1.0
-        wd = float(group.get("weight_decay", 0.0))
-        if batch.include_weight_decay and group.get("decoupled_weight_decay", False) and wd != 0.0:
-            decay = 1.0 - s * lr * wd
 
         uniform = all(x == scales[0] for x in scales)
         if batch.compile and uniform and _run_fused(batch, eps_outside_sqrt, exp_avgs, seconds,
@@ -183,22 +211,50 @@ def _adaptive_rule(eps_outside_sqrt: bool) -> RuleFn:
             return
         out, flat = batch.out, batch.flat
         torch._foreach_copy_(out, seconds)
-        if uniform:
+        if uniform and flat is not None:  # one kernel per step on the whole flat buffer
             if eps_outside_sqrt:
-                _sqrt_(flat).add_(epsilons[0])
+                _foreach_sqrt_([flat])
+                flat.add_(epsilons[0])
                 torch.div(torch.tensor(scales[0], dtype=torch.float64), flat, out=flat)
             else:
                 flat.rsqrt_().mul_(scales[0])
-        else:  # parameters at different step counts (some skipped steps): per-tensor scalars
-            _sqrt_(flat)
+        else:  # parameters at different step counts (some skipped steps), or a subset: per-tensor scalars
+            _foreach_sqrt_(out)
             if eps_outside_sqrt:
                 torch._foreach_add_(out, epsilons)
-            flat.reciprocal_()
+            torch._foreach_reciprocal_(out)
             torch._foreach_mul_(out, scales)
         torch._foreach_mul_(out, exp_avgs)
         torch._foreach_add_(out, batch.params, alpha=decay)
 
     return rule
+
+
+def _predict_in_step_order(
+    batch: PredictionBatch, exp_avgs: list[Tensor], seconds: list[Tensor], counts: list[float], eps: float, decay: float
+) -> None:
+    """float16: the optimizer's own order, ``theta + (-s lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)``.
+
+    Folding the bias corrections into eps and a reciprocal (the fast path) can underflow eps to zero or overflow
+    the reciprocal in half precision; ``addcdiv`` computes its quotient in float32. This path allocates
+    temporaries, as the optimizer's step does; float16 parameters (not autocast) are rare.
+    """
+    beta1, beta2 = (float(b) for b in batch.group["betas"])
+    denominators = torch._foreach_sqrt(seconds)
+    torch._foreach_div_(denominators, [math.sqrt(1.0 - beta2**t) for t in counts])
+    if eps:
+        torch._foreach_add_(denominators, eps)
+    torch._foreach_copy_(batch.out, batch.params)
+    if decay != 1.0:
+        torch._foreach_mul_(batch.out, decay)
+    step_sizes = [-batch.steps * batch.lr / (1.0 - beta1**t) for t in counts]
+    torch._foreach_addcdiv_(batch.out, exp_avgs, denominators, step_sizes)
+
+
+def _decoupled(batch: PredictionBatch) -> bool:
+    """Whether the group's weight decay is decoupled (AdamW-style) rather than L2 inside the gradient."""
+    default = isinstance(batch.optimizer, torch.optim.AdamW)  # torch versions whose AdamW groups lack the key
+    return bool(batch.group.get("decoupled_weight_decay", default))
 
 
 def _adam_kernel(params, exp_avgs, seconds, outs, scale, eps, decay):
@@ -226,7 +282,8 @@ def _run_fused(batch: PredictionBatch, eps_outside_sqrt: bool, exp_avgs, seconds
         copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__)
         cache["kernel"] = torch.compile(copy, fullgraph=True, dynamic=False)
         dtype = torch.float64 if batch.flat.dtype == torch.float64 else torch.float32
-        cache["scalars"] = [torch.zeros((), dtype=dtype, device=batch.flat.device) for _ in range(3)]
+        with torch.inference_mode(False):
+            cache["scalars"] = [torch.zeros((), dtype=dtype, device=batch.flat.device) for _ in range(3)]
     scalars = cache["scalars"]
     for tensor, value in zip(scalars, (scale, eps, decay)):
         tensor.fill_(value)
@@ -268,13 +325,15 @@ class _FlatBuffer:
             total += -(-p.numel() // align) * align
         self.params = list(params)
         self.layouts = [(p.shape, p.stride()) for p in params]
-        self.flat = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
-        self.views = []
-        for p, offset in zip(params, offsets):
-            # Dense parameters (contiguous, channels_last) keep their strides; anything else gets the
-            # contiguous layout of the same shape, which the swap accepts just as well.
-            strides = torch.empty_like(p, device="meta", memory_format=torch.preserve_format).stride()
-            self.views.append(self.flat.as_strided(p.shape, strides, offset))
+        # A buffer first made under inference_mode must still be writable in training later.
+        with torch.inference_mode(False):
+            self.flat = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
+            self.views = []
+            for p, offset in zip(params, offsets):
+                # Dense parameters (contiguous, channels_last) keep their strides; anything else gets the
+                # contiguous layout of the same shape, which the swap accepts just as well.
+                strides = torch.empty_like(p, device="meta", memory_format=torch.preserve_format).stride()
+                self.views.append(self.flat.as_strided(p.shape, strides, offset))
 
     def fits(self, params: list[Tensor]) -> bool:
         """Whether this buffer was made for exactly these parameters, with these shapes and strides."""
@@ -282,6 +341,11 @@ class _FlatBuffer:
             p is q and (p.shape, p.stride()) == layout for p, q, layout in zip(params, self.params, self.layouts)
         )
 
+
+
+def _real(tensor: Tensor) -> Tensor:
+    """A complex tensor as its real view with a trailing (re, im) dimension; real tensors unchanged."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def _validate_steps(steps: float) -> float:
@@ -362,7 +426,8 @@ class WeightPredictor:
             self._caches.pop(key, None)  # a compiled kernel is specialised to the old shapes
         return buffer
 
-    def _batches(self) -> list[PredictionBatch]:
+    def _batches(self) -> list[tuple[PredictionBatch, list[Tensor], list[Tensor]]]:
+        """One batch per (group, device, dtype) of parameters with state, with those parameters and spares."""
         key = self._rule.state_key
         batches, used = [], set()
         for index, group in enumerate(self.optimizer.param_groups):
@@ -376,10 +441,13 @@ class WeightPredictor:
             for kind, (params, states) in by_kind.items():
                 buffer = self._flat_buffer(kind, params)
                 used.add(kind)
-                batches.append(
-                    PredictionBatch(group, params, states, buffer.views, buffer.flat, self._steps,
-                                    self.include_weight_decay, self.compile, self._caches[kind])
-                )  # fmt: skip
+                views, flat = buffer.views, buffer.flat
+                if flat.is_complex():
+                    params, views, flat = [_real(p) for p in params], [_real(v) for v in views], _real(flat)
+                    states = [{k: _real(v) if isinstance(v, Tensor) else v for k, v in st.items()} for st in states]
+                batch = PredictionBatch(group, params, states, views, flat, self._steps, self.include_weight_decay,
+                                        self.compile, self._caches[kind], self.optimizer)  # fmt: skip
+                batches.append((batch, by_kind[kind][0], buffer.views))
         for stale in set(self._buffers) - used:  # e.g. the model moved to another device
             del self._buffers[stale]
             self._caches.pop(stale, None)
@@ -393,9 +461,9 @@ class WeightPredictor:
         if self._steps > 0:
             self._check_groups()
             swapped = []
-            for batch in self._batches():
+            for batch, params, spares in self._batches():
                 self._rule.fn(batch)
-                swapped.extend(zip(batch.params, batch.out))
+                swapped.extend(zip(params, spares))
             for p, predicted in swapped:
                 theta = p.data
                 p.data = predicted
@@ -434,6 +502,9 @@ class WeightPredictor:
             raise RuntimeError("cannot load a state while the parameters hold predicted weights")
         self._steps = _validate_steps(state["steps"])
         self.include_weight_decay = bool(state["include_weight_decay"])
+        if self._steps == 0:  # prediction off: no buffers, as when built with steps=0
+            self._buffers.clear()
+            self._caches.clear()
 
     def __repr__(self) -> str:
         return (

@@ -36,6 +36,10 @@ def validate_adam_hyperparameters(lr: float, betas: tuple[float, float], eps: fl
         raise ValueError(f"invalid weight_decay={weight_decay!r}: accepted weight_decay >= 0")
 
 
+def _real(tensors: list[Tensor]) -> list[Tensor]:
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+
 class AdaptiveMomentOptimizer(Optimizer):
     """Adam-style optimizer whose second moment is the EMA of ``residual(g, m)**2 + eps``.
 
@@ -108,13 +112,15 @@ class AdaptiveMomentOptimizer(Optimizer):
                 self._update([params[i] for i in idx], [states[i] for i in idx], group)
         return loss
 
-    def _update(self, params: list[Tensor], states: list[dict], group: dict) -> None:
-        """Apply one step to ``params`` (same device and dtype) with the group's hyperparameters."""
-        beta1, beta2 = group["betas"]
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        grads = [p.grad for p in params]
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    def _update(self, params_in: list[Tensor], states: list[dict], group: dict) -> None:
+        """Apply one step to the parameters (same device and dtype) with the group's hyperparameters."""
+        beta1, beta2 = (float(b) for b in group["betas"])  # tensors accepted, as by torch's Adam
+        lr, eps, wd = float(group["lr"]), float(group["eps"]), float(group["weight_decay"])
+        # Complex tensors are updated as pairs of reals (|g|^2 per component), as torch's Adam does.
+        params = _real(params_in)
+        grads = _real([p.grad for p in params_in])
+        exp_avgs = _real([s["exp_avg"] for s in states])
+        exp_avg_sqs = _real([s["exp_avg_sq"] for s in states])
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)
 
@@ -134,7 +140,7 @@ class AdaptiveMomentOptimizer(Optimizer):
         torch._foreach_add_(exp_avg_sqs, eps)
         second = exp_avg_sqs
         if group["amsgrad"]:
-            second = [s["max_exp_avg_sq"] for s in states]
+            second = _real([s["max_exp_avg_sq"] for s in states])
             torch._foreach_maximum_(second, exp_avg_sqs)
 
         ts = [float(t) for t in steps]
