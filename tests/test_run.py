@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import CONF, TINY, assert_resume_is_exact, make_cfg, run_cli
+from tests.conftest import CONF, ROOT, TINY, assert_resume_is_exact, make_cfg, run_cli
 from xgrad.rundir import read_metrics, read_summary
 from xgrad.trainer import ConfigError, Trainer, train
 
@@ -148,6 +153,12 @@ def test_exception_during_training_marks_failed(tmp_path, monkeypatch):
         (["optimizer=adam", "optimizer.betas=[0.9,1.5]"], r"betas\[1\]=1.5"),
         (["scheduler.interval=hourly"], "interval='hourly'"),
         (["threads=0"], "threads=0"),
+        (["seed=1.5"], "seed=1.5"),
+        (["label_smoothing=abc"], "label_smoothing='abc'"),
+        (["val_size=48"], "val_size=48: accepted 0 .* to 47"),
+        (["train_subset=1000"], "train_subset=1000: accepted 1 to 48"),
+        (["dataset.n_train=0"], "dataset.n_train=0"),
+        (["model=lstm"], "model=lstm is a language model"),
     ],
 )
 def test_bad_values_raise_config_errors(tmp_path, overrides, message):
@@ -236,6 +247,52 @@ def test_cli_bad_overrides_exit_nonzero(tmp_path, args, message):
     assert message in proc.stderr + proc.stdout
 
 
+def test_cli_config_error_leaves_no_run_folder(tmp_path):
+    proc = run_cli([*TINY, "optimizer.lr=-1"], tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: optimizer=sgdm: invalid lr=-1")
+    assert not list((tmp_path / "outputs" / "runs").glob("*/seed=0"))
+
+
+def test_cli_ctrl_c_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "xgrad.run", *TINY, "epochs=200", f"hydra.run.dir={run_dir}"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.csv").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "re-run the same command to resume" in stderr and "Traceback" not in stderr
+    assert read_summary(run_dir)["status"] == "interrupted"
+
+
+def test_run_name_spells_each_configuration_one_way():
+    from xgrad.run import MAX_NAME_BYTES, run_name
+
+    assert run_name("optimizer.lr=1e-3,predict=True") == run_name("optimizer.lr=0.001,predict=true")
+    assert run_name("optimizer.eps=1e-6") == "optimizer.eps=1e-06"  # as a sweep renders 1e-6
+    assert run_name("optimizer.betas=[0.9,.99],epochs=10") == "optimizer.betas=[0.9,0.99],epochs=10"
+    assert run_name("model=resnet20,tag=v1.2.3,data_root=/d/1.5") == "model=resnet20,tag=v1.2.3,data_root=/d/1.5"
+    assert run_name("") == "default"
+    long = ",".join(f"key{i}=value{i}" for i in range(40))
+    name = run_name(long)
+    assert len(name.encode()) <= MAX_NAME_BYTES and name.startswith("key0=value0,") and name != run_name(long + "x")
+
+
+def test_cli_long_overrides_get_a_short_folder_name(tmp_path):
+    args = [*TINY, "epochs=1", "optimizer=adamw", "optimizer.lr=0.003", "optimizer.weight_decay=0.05",
+            "optimizer.betas=[0.9,0.99]", "optimizer.eps=1e-6", "scheduler=cosine", "scheduler.warmup_epochs=1",
+            "scheduler.min_lr_factor=0.01", "predict=true", "predict_steps=2", "label_smoothing=0.1",
+            "grad_clip=1.0"]  # fmt: skip
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (folder,) = (tmp_path / "outputs" / "runs").glob("*/seed=0")
+    assert "~" in folder.parent.name and (folder / "summary.json").exists()
+
+
 def test_cli_missing_and_corrupt_data_offline(tmp_path):
     empty = tmp_path / "nodata"
     proc = run_cli(["dataset.download=false", f"data_root={empty}", "epochs=1"], tmp_path)
@@ -260,3 +317,42 @@ def test_cli_multirun_goes_on_after_a_failed_job(tmp_path):
     failed = next(s for s in summaries.values() if s["status"] == "failed")
     assert "lr=-1" in failed["error"]
     assert "3 jobs" in proc.stdout and "1 failed" in proc.stdout
+
+
+def test_cli_multirun_counts_a_job_that_cannot_resume(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "epochs=1", "optimizer=sgdm,adamw", f"hydra.sweep.dir={sweep}", "resume=true"]
+    assert run_cli(args, tmp_path).returncode == 0
+    (summary_path,) = [p for p in sweep.rglob("summary.json") if "adamw" in str(p)]
+    summary = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**summary, "status": "running"}))  # as if killed in its last epoch
+    (summary_path.parent / "checkpoint.pt").write_bytes(b"garbage")
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    failed = json.loads(summary_path.read_text())
+    assert failed["status"] == "failed" and "cannot read checkpoint" in failed["error"]
+    assert "1 failed" in proc.stdout
+
+
+@pytest.mark.parametrize(("status", "code"), [("completed", 0), ("diverged", 0), ("failed", 1), ("interrupted", 1)])
+def test_wandb_run_finishes_with_the_run_status(tmp_path, status, code):
+    from xgrad.tracking import Trackers
+
+    class FakeRun:
+        summary: dict = {}
+
+        def finish(self, exit_code):
+            self.exit_code = exit_code
+
+    trackers = Trackers(make_cfg(TINY), tmp_path)  # no tracker chosen; a stand-in W&B run below
+    trackers.wandb_run = run = FakeRun()
+    trackers.finish({"status": status})
+    trackers.close()
+    assert run.exit_code == code
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from xgrad.rundir import _UMASK, atomic_write
+
+    atomic_write(tmp_path / "x.txt", lambda f: f.write(b"hi"))
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~_UMASK

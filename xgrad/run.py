@@ -8,10 +8,13 @@ Examples::
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import shutil
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -20,20 +23,40 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from xgrad.data import DataError
-from xgrad.rundir import SUMMARY, write_summary
-from xgrad.trainer import ConfigError, base_summary, train
+from xgrad.errors import ConfigError, ResumeError
+from xgrad.rundir import SUMMARY, read_summary, write_summary
+from xgrad.trainer import base_summary, train
 
 log = logging.getLogger("xgrad")
 
 
 
+_NUMBER = re.compile(r"(?<=[=,\[])[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?(?=[,\]]|$)")
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes per folder name
+
+
 def run_name(overrides: str) -> str:
-    """The folder name for Hydra's override dirname: booleans spelled one way (a sweep renders ``predict=False``
-    where a command line says ``predict=false``), and ``default`` when there are no overrides."""
-    return re.sub(r"=(True|False)(?=,|$)", lambda m: "=" + m.group(1).lower(), overrides) or "default"
+    """The folder name for Hydra's override dirname, one spelling per configuration.
+
+    A sweep renders values the way Python prints them (``predict=False``, ``optimizer.lr=0.001``) where a command
+    line keeps what was typed (``predict=false``, ``optimizer.lr=1e-3``): booleans become lower case and decimal
+    numbers Python's spelling, so both land in the same folder. A name too long for the file system keeps its
+    first part and a hash of the whole. No overrides: ``default``.
+    """
+    name = re.sub(r"=(True|False)(?=,|$)", lambda m: "=" + m.group(1).lower(), overrides)
+    name = _NUMBER.sub(lambda m: repr(float(m.group(0))), name)
+    if len(name.encode()) > MAX_NAME_BYTES:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = name.encode()[: MAX_NAME_BYTES - 13].decode(errors="ignore") + "~" + digest
+    return name or "default"
 
 
 OmegaConf.register_new_resolver("xgrad_dirname", run_name, replace=True)
+
+
+def _only_launch_files(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but what Hydra wrote when the job started (config and log)."""
+    return folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir())
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -47,21 +70,38 @@ def main(cfg: DictConfig) -> None:
         os.utime(folder / SUMMARY)  # marks the job as part of this launch for the sweep summary
     try:
         result = train(cfg, folder, overrides)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, ResumeError) as e:
         log.error("%s", e)
-        write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": str(e)})
-        if multirun:
+        if multirun:  # the sweep summary lists it
+            write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": str(e)})
             return
+        if not isinstance(e, ResumeError) and _only_launch_files(folder):
+            shutil.rmtree(folder)  # a typo leaves no run folder behind
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Exception:
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {folder}\nre-run the same command to resume from the last finished epoch",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(130)
+    except Exception as e:
         if not multirun:
             raise
         log.exception("job failed (see %s); the sweep goes on", folder / SUMMARY)
+        if _status(folder) != "failed":  # it failed before training began: record it for the sweep summary
+            error = "".join(traceback.format_exception_only(type(e), e)).strip()
+            write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": error})
         return
     if not multirun and int(os.environ.get("RANK", "0")) == 0:
         verb = "was already" if result.skipped else "is"
         print(f"run {verb} {result.status}: {folder}")
+
+
+def _status(folder: Path) -> str | None:
+    try:
+        summary = read_summary(folder)
+    except (OSError, ValueError):
+        return None
+    return summary.get("status") if summary else None
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 METRICS, SUMMARY, CHECKPOINT = "metrics.csv", "summary.json", "checkpoint.pt"
+_UMASK = os.umask(0)  # reading the umask means setting it: done once, at import, before any thread starts
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
@@ -40,6 +42,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for colleagues too
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

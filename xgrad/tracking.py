@@ -39,6 +39,7 @@ class Trackers:
 
     def __init__(self, cfg: DictConfig, folder: Path, overrides: str = "", enabled: bool = True) -> None:
         self.cfg, self.folder = cfg, folder
+        self._exit_code = 1  # until finish() says how the run ended
         chosen = ((cfg.get("logger") or {}).get("trackers") or {}) if enabled else {}
         self.wandb_run = self._start_wandb(overrides) if chosen.get("wandb") else None
         self.tensorboard = self._start_tensorboard() if chosen.get("tensorboard") else None
@@ -96,7 +97,8 @@ class Trackers:
             self.tensorboard.flush()
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """Attach the run's summary."""
+        """Attach the run's summary (a failed or interrupted run finishes as failed in W&B)."""
+        self._exit_code = 0 if summary.get("status") in ("completed", "diverged") else 1
         if self.wandb_run is not None:
             try:
                 self.wandb_run.summary.update({k: v for k, v in summary.items() if v is not None})
@@ -107,7 +109,7 @@ class Trackers:
         """Finish every tracker (always called, also when the run fails)."""
         if self.wandb_run is not None:
             try:
-                self.wandb_run.finish(exit_code=0)
+                self.wandb_run.finish(exit_code=self._exit_code)
             except Exception as e:
                 warnings.warn(f"W&B finish failed: {e}", stacklevel=2)
             self.wandb_run = None

@@ -27,6 +27,7 @@ from torch import nn
 
 from xgrad import WeightPredictor
 from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed
+from xgrad.errors import ConfigError, ResumeError
 from xgrad.optim import OPTIMIZERS, create_optimizer
 from xgrad.rundir import CHECKPOINT, SCHEMA_VERSION, read_summary, save_checkpoint, write_metrics, write_summary
 from xgrad.schedulers import create_scheduler
@@ -36,10 +37,6 @@ from xgrad.tracking import Trackers
 __all__ = ["ConfigError", "RunResult", "train"]
 
 log = logging.getLogger("xgrad")
-
-
-class ConfigError(ValueError):
-    """The configuration asks for something invalid; the message names the value and the accepted ones."""
 
 
 class Diverged(RuntimeError):
@@ -76,7 +73,10 @@ def validate_config(cfg: DictConfig) -> None:
             "train_subset", "null or an integer >= 1")  # fmt: skip
     require(cfg.grad_clip is None or (isinstance(cfg.grad_clip, (int, float)) and cfg.grad_clip > 0),
             "grad_clip", "null or a number > 0")  # fmt: skip
-    require(0 <= cfg.label_smoothing < 1, "label_smoothing", "0 <= label_smoothing < 1")
+    smoothing = cfg.label_smoothing
+    require(isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and 0 <= smoothing < 1,
+            "label_smoothing", "a number with 0 <= label_smoothing < 1")  # fmt: skip
+    require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0, "seed", "an integer >= 0")
     require(cfg.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
     threads = cfg.get("threads")
     require(threads is None or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
@@ -227,7 +227,7 @@ class Trainer:
         try:
             state = torch.load(path, map_location=self.runtime.device, weights_only=False)
         except Exception as e:
-            raise RuntimeError(f"cannot read checkpoint {path}: {e} (delete it, or set resume=false)") from e
+            raise ResumeError(f"cannot read checkpoint {path}: {e} (delete it, or set resume=false)") from e
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -17,6 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
+from xgrad.errors import ConfigError
+
 __all__ = ["TASKS", "Runtime", "Stats", "Task", "build_model", "config_kwargs", "create_task", "register_task"]
 
 Stats = dict[str, Tensor]
@@ -102,7 +104,6 @@ def config_kwargs(node: DictConfig) -> dict[str, Any]:
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
     """The model ``cfg.model.name`` with the config's hyperparameters; a bad one is a ConfigError naming it."""
     from xgrad.models import create_model
-    from xgrad.trainer import ConfigError  # the trainer imports this package: import lazily
 
     try:
         return create_model(cfg.model.name, num_classes=num_classes, **config_kwargs(cfg.model))

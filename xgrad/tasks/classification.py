@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from xgrad.data import DeviceImageLoader, ImageDataset, load_cifar, make_demo_images
+from xgrad.errors import ConfigError
 
 from . import Runtime, Stats, Task, build_model, register_task
 
@@ -21,7 +22,11 @@ def load_image_dataset(cfg: DictConfig) -> ImageDataset:
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, cfg.data_root, download=cfg.dataset.get("download", True))
     if name == "demo_images":
-        return make_demo_images(cfg.dataset.n_train, cfg.dataset.n_test, seed=cfg.dataset.get("data_seed", 0))
+        n_train, n_test = cfg.dataset.n_train, cfg.dataset.n_test
+        for key, n in (("dataset.n_train", n_train), ("dataset.n_test", n_test)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ConfigError(f"invalid {key}={n!r}: accepted an integer >= 1")
+        return make_demo_images(n_train, n_test, seed=cfg.dataset.get("data_seed", 0))
     raise ValueError(f"unknown image dataset {name!r}: known are cifar10, cifar100, demo_images")
 
 
@@ -36,9 +41,17 @@ class ImageClassification(Task):
         super().__init__(cfg, runtime)
         data = load_image_dataset(cfg)
         self.synthetic = data.synthetic
+        n_train = len(data.train.labels)
         if cfg.train_subset is not None:
+            if cfg.train_subset > n_train:
+                raise ConfigError(f"invalid train_subset={cfg.train_subset!r}: accepted 1 to {n_train} "
+                                  f"(the training images of {cfg.dataset.name}) or null")  # fmt: skip
             data = data.take_subset(int(cfg.train_subset))
+            n_train = int(cfg.train_subset)
         if cfg.val_size:
+            if cfg.val_size >= n_train:
+                raise ConfigError(f"invalid val_size={cfg.val_size!r}: accepted 0 (no validation split) to "
+                                  f"{n_train - 1} (held out of the {n_train} training images)")  # fmt: skip
             train, val = data.split_validation(int(cfg.val_size), seed=0)  # fixed: every seed sees the same split
         else:
             train, val = data.train, None
@@ -54,7 +67,11 @@ class ImageClassification(Task):
         self.eval_loaders = {"test": loader(data.test, False, int(cfg.eval_batch_size))}
         if val is not None:
             self.eval_loaders = {"val": loader(val, False, int(cfg.eval_batch_size)), **self.eval_loaders}
-        self.model = build_model(cfg, data.num_classes).to(runtime.device)
+        model = build_model(cfg, data.num_classes)
+        if hasattr(model, "init_hidden"):
+            raise ConfigError(f"model={cfg.model.name} is a language model; dataset {cfg.dataset.name} needs an "
+                              "image model (resnet*, vgg*, densenet121, lenet)")  # fmt: skip
+        self.model = model.to(runtime.device)
         if runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg.label_smoothing))

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from xgrad.data import DataError, TextCorpus, batchify, bptt_windows, load_ptb, make_demo_text
 from xgrad.data.ptb import num_windows
+from xgrad.errors import ConfigError
 
 from . import Runtime, Stats, Task, build_model, register_task
 
@@ -65,7 +66,6 @@ class LanguageModelling(Task):
 
     def __init__(self, cfg: DictConfig, runtime: Runtime) -> None:
         super().__init__(cfg, runtime)
-        from xgrad.trainer import ConfigError  # the trainer imports this package: import lazily
 
         ds = cfg.dataset
         for key in ("bptt", "eval_batch_size", "test_batch_size"):
