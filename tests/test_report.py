@@ -215,7 +215,7 @@ def test_index_links_every_file_and_lists_skipped(report: Path) -> None:
     for link in re.findall(r"\]\(([^)]+)\)", index):
         assert (report / link).is_file(), link
     for path in report.iterdir():
-        if path.name != "README.md":
+        if path.name != "README.md" and not path.name.startswith("."):  # .xgrad-report-files: the manifest
             assert f"({path.name})" in index, path.name
     reasons = {
         "failed": "failed: RuntimeError: boom",
@@ -391,3 +391,20 @@ def test_reduced_scale_runs_are_not_compared_with_published_numbers(tmp_path: Pa
         frame = with_variants(runs_frame(collect([tmp_path / name]).runs))
         value = comparison(frame, None, load_reference())["ref_value"].item()
         assert value == pytest.approx(expected) if expected else math.isnan(value)
+
+
+def test_rerun_into_the_same_folder_removes_its_own_stale_files(tmp_path: Path) -> None:
+    both, cifar_only = tmp_path / "both", tmp_path / "cifar_only"
+    for optimizer, predict in (("sgdm", False), ("sgdm", True)):
+        write_run(both, optimizer=optimizer, predict=predict, curve=[0.5, 0.6])
+        write_run(cifar_only, optimizer=optimizer, predict=predict, curve=[0.5, 0.6])
+        write_run(both, dataset="ptb", model="lstm", optimizer=optimizer, predict=predict, curve=[200.0, 150.0],
+                  task="language_model", num_layers=2)  # fmt: skip
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")  # not the report's: must survive
+    assert cli.main([str(both), "--out", str(out)]) == 0
+    assert list(out.glob("*ptb*.png"))
+    assert cli.main([str(cifar_only), "--out", str(out)]) == 0
+    assert not list(out.glob("*ptb*")) and list(out.glob("*cifar10*.png"))
+    assert (out / "notes.md").read_text() == "mine"

@@ -339,7 +339,8 @@ def test_wandb_run_finishes_with_the_run_status(tmp_path, status, code):
     from xgrad.tracking import Trackers
 
     class FakeRun:
-        summary: dict = {}
+        def __init__(self):
+            self.summary = {}
 
         def finish(self, exit_code):
             self.exit_code = exit_code

@@ -97,6 +97,7 @@ def build_report(
         parts.append(sub)
         sections.append(_section(collection, key, sub, out, reference))
     cost_files: list[Path] = []
+    written: list[Path] = []
     cost_markdown = ""
     if parts:
         numbers = cost(pd.concat(parts))
@@ -109,9 +110,26 @@ def build_report(
                 write_text(out / "cost.csv", numbers.to_csv(index=False)),
             ]
         runs_csv = pd.concat(parts).drop(columns=["run"]).assign(extra=lambda f: f["extra"].map(", ".join))
-        write_text(out / "runs.csv", runs_csv.to_csv(index=False))
+        written.append(write_text(out / "runs.csv", runs_csv.to_csv(index=False)))
     index = _index(collection, frame, sections, cost_files, cost_markdown, inputs or [])
-    return write_text(out / "README.md", index)
+    written += [write_text(out / "README.md", index), *cost_files]
+    for section in sections:
+        written += section.figures + [path for _, files, _ in section.tables for path in files]
+    _remove_stale(out, written)
+    return out / "README.md"
+
+
+MANIFEST = ".xgrad-report-files"
+
+
+def _remove_stale(out: Path, written: list[Path]) -> None:
+    """Delete files an earlier report wrote into ``out`` that this one did not (never anything else)."""
+    names = sorted({p.name for p in written})
+    manifest = out / MANIFEST
+    previous = manifest.read_text().split() if manifest.exists() else []
+    for name in set(previous) - set(names):
+        (out / name).unlink(missing_ok=True)
+    write_text(manifest, "\n".join(names) + "\n")
 
 
 def _links(paths: list[Path]) -> str:
