@@ -342,7 +342,6 @@ class _FlatBuffer:
         )
 
 
-
 def _real(tensor: Tensor) -> Tensor:
     """A complex tensor as its real view with a trailing (re, im) dimension; real tensors unchanged."""
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor

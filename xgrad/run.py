@@ -30,7 +30,6 @@ from xgrad.trainer import base_summary, train
 log = logging.getLogger("xgrad")
 
 
-
 _NUMBER = re.compile(r"(?<=[=,\[])[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?(?=[,\]]|$)")
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes per folder name
 

@@ -455,4 +455,3 @@ def _previous_summary(folder: Path) -> dict[str, Any] | None:
         return read_summary(folder)
     except ValueError:
         return None
-
