@@ -21,6 +21,15 @@ def _grads(params, n, seed=1):
     return [[torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params] for _ in range(n)]
 
 
+def _step_both(a, optimizer_a, b, optimizer_b, n):
+    """Step two optimizers ``n`` times with the same random gradients."""
+    for grads in _grads(a, n):
+        for p, q, g in zip(a, b, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        optimizer_a.step()
+        optimizer_b.step()
+
+
 @pytest.mark.parametrize("foreach", [True, False])
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("decoupled", [False, True])
@@ -92,12 +101,7 @@ def test_adam3_matches_equations(decoupled, amsgrad, foreach):
 @pytest.mark.parametrize("cls", [AdaBelief, AdaM3])
 def test_foreach_and_loop_agree_in_float32(cls):
     a, b = _params(dtype=torch.float32), _params(dtype=torch.float32)
-    oa, ob = cls(a, lr=1e-2, foreach=True), cls(b, lr=1e-2, foreach=False)
-    for grads in _grads(a, 4):
-        for p, q, g in zip(a, b, grads):
-            p.grad, q.grad = g.clone(), g.clone()
-        oa.step()
-        ob.step()
+    _step_both(a, cls(a, lr=1e-2, foreach=True), b, cls(b, lr=1e-2, foreach=False), n=4)
     for p, q in zip(a, b):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
@@ -161,11 +165,7 @@ def test_tensor_lr_and_betas_match_floats(cls):
     a = cls(floats, lr=0.01, betas=(0.8, 0.99))
     t = lambda x: torch.tensor(x, dtype=torch.float64)  # noqa: E731 (float64: the same numbers as the floats)
     b = cls(tensors, lr=t(0.01), betas=(t(0.8), t(0.99)))
-    for grads in _grads(floats, 3):
-        for p, q, g in zip(floats, tensors, grads):
-            p.grad, q.grad = g.clone(), g.clone()
-        a.step()
-        b.step()
+    _step_both(floats, a, tensors, b, n=3)
     for p, q in zip(floats, tensors):
         assert torch.equal(p, q)
 

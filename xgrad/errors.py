@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ResumeError"]
+import traceback
+
+__all__ = ["ConfigError", "ResumeError", "error_text"]
 
 
 class ConfigError(ValueError):
@@ -11,3 +13,8 @@ class ConfigError(ValueError):
 
 class ResumeError(RuntimeError):
     """A run folder's checkpoint cannot be resumed from; the message says how to start over."""
+
+
+def error_text(error: BaseException) -> str:
+    """``Type: message`` of an exception, as recorded in a failed run's ``summary.json``."""
+    return "".join(traceback.format_exception_only(type(error), error)).strip()

@@ -347,6 +347,10 @@ def _real(tensor: Tensor) -> Tensor:
     return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
+def _real_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: _real(v) if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
 def _validate_steps(steps: float) -> float:
     if isinstance(steps, bool) or not isinstance(steps, (int, float)):
         raise TypeError(f"steps must be a number >= 0, got {steps!r}")
@@ -440,13 +444,13 @@ class WeightPredictor:
             for kind, (params, states) in by_kind.items():
                 buffer = self._flat_buffer(kind, params)
                 used.add(kind)
-                views, flat = buffer.views, buffer.flat
-                if flat.is_complex():
-                    params, views, flat = [_real(p) for p in params], [_real(v) for v in views], _real(flat)
-                    states = [{k: _real(v) if isinstance(v, Tensor) else v for k, v in st.items()} for st in states]
-                batch = PredictionBatch(group, params, states, views, flat, self._steps, self.include_weight_decay,
-                                        self.compile, self._caches[kind], self.optimizer)  # fmt: skip
-                batches.append((batch, by_kind[kind][0], buffer.views))
+                args = (params, states, buffer.views, buffer.flat)
+                if buffer.flat.is_complex():  # the rules see real (re, im) views, as torch's optimizers do
+                    args = ([_real(p) for p in params], [_real_state(st) for st in states],
+                            [_real(v) for v in buffer.views], _real(buffer.flat))  # fmt: skip
+                batch = PredictionBatch(group, *args, self._steps, self.include_weight_decay, self.compile,
+                                        self._caches[kind], self.optimizer)  # fmt: skip
+                batches.append((batch, params, buffer.views))
         for stale in set(self._buffers) - used:  # e.g. the model moved to another device
             del self._buffers[stale]
             self._caches.pop(stale, None)

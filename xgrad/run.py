@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
@@ -23,8 +22,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from xgrad.data import DataError
-from xgrad.errors import ConfigError, ResumeError
-from xgrad.rundir import SUMMARY, read_summary, write_summary
+from xgrad.errors import ConfigError, ResumeError, error_text
+from xgrad.rundir import SUMMARY, read_summary_if_valid, write_summary
 from xgrad.trainer import base_summary, train
 
 log = logging.getLogger("xgrad")
@@ -72,7 +71,7 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DataError, ResumeError) as e:
         log.error("%s", e)
         if multirun:  # the sweep summary lists it
-            write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": str(e)})
+            _record_failure(folder, cfg, overrides, str(e))
             return
         if not isinstance(e, ResumeError) and _only_launch_files(folder):
             shutil.rmtree(folder)  # a typo leaves no run folder behind
@@ -86,21 +85,17 @@ def main(cfg: DictConfig) -> None:
         if not multirun:
             raise
         log.exception("job failed (see %s); the sweep goes on", folder / SUMMARY)
-        if _status(folder) != "failed":  # it failed before training began: record it for the sweep summary
-            error = "".join(traceback.format_exception_only(type(e), e)).strip()
-            write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": error})
+        summary = read_summary_if_valid(folder)
+        if not summary or summary.get("status") != "failed":  # failed before training began: record it
+            _record_failure(folder, cfg, overrides, error_text(e))
         return
     if not multirun and int(os.environ.get("RANK", "0")) == 0:
         verb = "was already" if result.skipped else "is"
         print(f"run {verb} {result.status}: {folder}")
 
 
-def _status(folder: Path) -> str | None:
-    try:
-        summary = read_summary(folder)
-    except (OSError, ValueError):
-        return None
-    return summary.get("status") if summary else None
+def _record_failure(folder: Path, cfg: DictConfig, overrides: str, error: str) -> None:
+    write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": error})
 
 
 if __name__ == "__main__":

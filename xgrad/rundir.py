@@ -26,6 +26,7 @@ __all__ = [
     "atomic_write",
     "read_metrics",
     "read_summary",
+    "read_summary_if_valid",
     "save_checkpoint",
     "write_metrics",
     "write_summary",
@@ -74,6 +75,14 @@ def read_summary(folder: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def read_summary_if_valid(folder: Path) -> dict[str, Any] | None:
+    """The run's summary, or None when there is none or it is not valid JSON (e.g. cut short by a crash)."""
+    try:
+        return read_summary(folder)
+    except ValueError:
+        return None
 
 
 def write_metrics(folder: Path, rows: list[dict[str, Any]]) -> None:

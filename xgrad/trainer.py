@@ -15,7 +15,6 @@ import resource
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,16 @@ from torch import nn
 
 from xgrad import WeightPredictor
 from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed
-from xgrad.errors import ConfigError, ResumeError
+from xgrad.errors import ConfigError, ResumeError, error_text
 from xgrad.optim import OPTIMIZERS, create_optimizer
-from xgrad.rundir import CHECKPOINT, SCHEMA_VERSION, read_summary, save_checkpoint, write_metrics, write_summary
+from xgrad.rundir import (
+    CHECKPOINT,
+    SCHEMA_VERSION,
+    read_summary_if_valid,
+    save_checkpoint,
+    write_metrics,
+    write_summary,
+)
 from xgrad.schedulers import create_scheduler
 from xgrad.tasks import Runtime, Stats, Task, config_kwargs, create_task
 from xgrad.tracking import Trackers
@@ -414,7 +420,7 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
     ``failed`` in ``summary.json`` with the error and is re-raised.
     """
     folder = Path(folder)
-    previous = _previous_summary(folder)
+    previous = read_summary_if_valid(folder)
     if cfg.resume and previous and previous.get("status") in ("completed", "diverged"):
         log.info("already %s: %s (nothing to do; delete the folder or set resume=false to rerun)",
                  previous["status"], folder)  # fmt: skip
@@ -439,7 +445,7 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
             log.info("%s: %s", status, folder)
         return RunResult(status, summary)
     except BaseException as e:
-        error = "".join(traceback.format_exception_only(type(e), e)).strip()
+        error = error_text(e)
         summary = trainer.summary("failed" if not isinstance(e, KeyboardInterrupt) else "interrupted", error)
         if main:
             write_summary(folder, summary)
@@ -448,10 +454,3 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
     finally:
         trackers.close()
         trainer.dist.close()
-
-
-def _previous_summary(folder: Path) -> dict[str, Any] | None:
-    try:
-        return read_summary(folder)
-    except ValueError:
-        return None

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from xgrad.data import DeviceImageLoader, ImageDataset, load_cifar, make_demo_images
 from xgrad.errors import ConfigError
 
-from . import Runtime, Stats, Task, build_model, register_task
+from . import Runtime, Stats, Task, build_model, register_task, require_positive_ints
 
 __all__ = ["ImageClassification", "load_image_dataset"]
 
@@ -22,11 +22,8 @@ def load_image_dataset(cfg: DictConfig) -> ImageDataset:
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, cfg.data_root, download=cfg.dataset.get("download", True))
     if name == "demo_images":
-        n_train, n_test = cfg.dataset.n_train, cfg.dataset.n_test
-        for key, n in (("dataset.n_train", n_train), ("dataset.n_test", n_test)):
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise ConfigError(f"invalid {key}={n!r}: accepted an integer >= 1")
-        return make_demo_images(n_train, n_test, seed=cfg.dataset.get("data_seed", 0))
+        require_positive_ints(cfg.dataset, "dataset.", ("n_train", "n_test"))
+        return make_demo_images(cfg.dataset.n_train, cfg.dataset.n_test, seed=cfg.dataset.get("data_seed", 0))
     raise ValueError(f"unknown image dataset {name!r}: known are cifar10, cifar100, demo_images")
 
 
@@ -67,11 +64,7 @@ class ImageClassification(Task):
         self.eval_loaders = {"test": loader(data.test, False, int(cfg.eval_batch_size))}
         if val is not None:
             self.eval_loaders = {"val": loader(val, False, int(cfg.eval_batch_size)), **self.eval_loaders}
-        model = build_model(cfg, data.num_classes)
-        if hasattr(model, "init_hidden"):
-            raise ConfigError(f"model={cfg.model.name} is a language model; dataset {cfg.dataset.name} needs an "
-                              "image model (resnet*, vgg*, densenet121, lenet)")  # fmt: skip
-        self.model = model.to(runtime.device)
+        self.model = build_model(cfg, data.num_classes, language_model=False).to(runtime.device)
         if runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg.label_smoothing))

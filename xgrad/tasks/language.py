@@ -29,7 +29,7 @@ from xgrad.data import DataError, TextCorpus, batchify, bptt_windows, load_ptb, 
 from xgrad.data.ptb import num_windows
 from xgrad.errors import ConfigError
 
-from . import Runtime, Stats, Task, build_model, register_task
+from . import Runtime, Stats, Task, build_model, register_task, require_positive_ints
 
 __all__ = ["LanguageModelling", "detach_state", "load_text_corpus"]
 
@@ -68,10 +68,7 @@ class LanguageModelling(Task):
         super().__init__(cfg, runtime)
 
         ds = cfg.dataset
-        for key in ("bptt", "eval_batch_size", "test_batch_size"):
-            value = ds.get(key)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ConfigError(f"invalid dataset.{key}={value!r}: accepted an integer >= 1")
+        require_positive_ints(ds, "dataset.", ("bptt", "eval_batch_size", "test_batch_size"))
         if cfg.val_size:
             raise ConfigError(
                 f"invalid val_size={cfg.val_size!r} for a language model: accepted 0 (the corpus has its own "
@@ -100,12 +97,7 @@ class LanguageModelling(Task):
             raise DataError(f"{ds.name}: a split is too short for its batch size: {e}") from e
         self.eval_window_tokens = int(ds.get("eval_window_tokens", EVAL_WINDOW_TOKENS))
 
-        model = build_model(cfg, corpus.vocab_size)
-        if not hasattr(model, "init_hidden"):
-            raise ConfigError(
-                f"model={cfg.model.name} is not a language model (dataset {ds.name} needs one): use model=lstm or "
-                "model=awd_lstm"
-            )
+        model = build_model(cfg, corpus.vocab_size, language_model=True)
         self.model = model.to(device)
         self.language_model = self.model  # the plain module (the trainer may wrap self.model: compile, DDP)
         self.penalized = bool(getattr(model, "has_penalty", False))
