@@ -8,6 +8,7 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -74,7 +75,9 @@ def main(cfg: DictConfig) -> None:
             _record_failure(folder, cfg, overrides, str(e))
             return
         if not isinstance(e, ResumeError) and _only_launch_files(folder):
-            shutil.rmtree(folder)  # a typo leaves no run folder behind
+            shutil.rmtree(folder)  # a typo leaves no run folder behind, nor an empty <overrides>/ above it
+            with contextlib.suppress(OSError):
+                folder.parent.rmdir()
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
