@@ -401,10 +401,52 @@ def test_rerun_into_the_same_folder_removes_its_own_stale_files(tmp_path: Path) 
         write_run(both, dataset="ptb", model="lstm", optimizer=optimizer, predict=predict, curve=[200.0, 150.0],
                   task="language_model", num_layers=2)  # fmt: skip
     out = tmp_path / "report"
-    out.mkdir()
-    (out / "notes.md").write_text("mine")  # not the report's: must survive
     assert cli.main([str(both), "--out", str(out)]) == 0
     assert list(out.glob("*ptb*.png"))
+    (out / "notes.md").write_text("mine")  # added to the report's folder, not the report's: must survive
     assert cli.main([str(cifar_only), "--out", str(out)]) == 0
     assert not list(out.glob("*ptb*")) and list(out.glob("*cifar10*.png"))
     assert (out / "notes.md").read_text() == "mine"
+
+
+def test_out_refuses_a_folder_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--out .`` in a project overwrote its README.md; a folder without the report's manifest is refused."""
+    runs = tmp_path / "runs"
+    write_run(runs, curve=[0.5])
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project")
+    assert cli.main([str(runs), "--out", str(project)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not written by xgrad.report" in err
+    assert [p.name for p in project.iterdir()] == ["README.md"] and (project / "README.md").read_text() == "my project"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main([str(runs), "--out", str(empty)]) == 0  # an empty folder becomes the report's
+    assert (empty / ".xgrad-report-files").exists() and cli.main([str(runs), "--out", str(empty)]) == 0
+
+
+def test_out_never_replaces_a_file_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs, curve=[0.5])
+    out = tmp_path / "out"
+    assert cli.main([str(runs), "--out", str(out)]) == 0
+    (out / "cost.csv").unlink(missing_ok=True)
+    (out / "runs.csv").write_text("mine")  # the report's name, but a file the user wrote since: the manifest has it
+    (out / ".xgrad-report-files").write_text("README.md\n")  # say the earlier report wrote only its index
+    capsys.readouterr()
+    assert cli.main([str(runs), "--out", str(out)]) == 2
+    assert "runs.csv" in capsys.readouterr().err and (out / "runs.csv").read_text() == "mine"
+    assert not list(out.glob(".xgrad-report-*.tmp"))  # the staged files are gone
+
+
+@pytest.mark.parametrize("kind", ["file", "under_a_file"])
+def test_out_that_is_a_file_or_unwritable_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, kind) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs, curve=[0.5])
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    out = target if kind == "file" else target / "report"
+    assert cli.main([str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: --out {out}") and target.read_text() == "x"

@@ -357,3 +357,41 @@ def test_written_files_follow_the_umask(tmp_path):
 
     atomic_write(tmp_path / "x.txt", lambda f: f.write(b"hi"))
     assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+
+
+# ----------------------------------------------------------------------------------- the folder's integrity
+
+
+def test_leftover_temporaries_are_removed_when_a_run_folder_is_opened(tmp_path):
+    stale = [tmp_path / ".summary.json.k1ll3d.tmp", tmp_path / ".checkpoint.pt.x9.tmp", tmp_path / ".metrics.csv.a.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a write")
+    (tmp_path / ".notes.tmp").write_text("mine")  # not a name the runner writes: stays
+    assert train(make_cfg([*TINY, "epochs=1"]), tmp_path).status == "completed"
+    assert not any(p.exists() for p in stale) and (tmp_path / ".notes.tmp").read_text() == "mine"
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert lines and "Traceback" not in proc.stderr, proc.stderr
+    return lines[-1]
+
+
+def test_cli_malformed_summary_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text("[1]")
+    proc = run_cli([*TINY, "epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 2
+    line = _one_line_error(proc)
+    assert "summary.json is not a run summary" in line and "resume=false" in line
+    assert (run_dir / "summary.json").read_text() == "[1]"
+
+
+def test_cli_data_root_that_is_a_file_is_one_line(tmp_path):
+    a_file = tmp_path / "data.tar"
+    a_file.write_text("not a folder")
+    proc = run_cli(["dataset.download=false", f"data_root={a_file}", "epochs=1"], tmp_path)
+    assert proc.returncode == 2
+    line = _one_line_error(proc)
+    assert f"invalid data_root='{a_file}'" in line and "is a file" in line and "mkdir" not in proc.stderr

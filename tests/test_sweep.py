@@ -191,3 +191,12 @@ def test_ranks_stay_in_lock_step_with_prediction(tmp_path):
     torch.multiprocessing.spawn(_ranks_step, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
     a, b = torch.load(out)
     assert torch.equal(a, b)
+
+
+def test_sweep_summary_counts_a_summary_that_is_not_an_object_as_unreadable(tmp_path):
+    from xgrad.sweep import summarize_sweep
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "summary.json").write_text("[1]")
+    counts, problems = summarize_sweep(tmp_path)
+    assert counts == {"unreadable": 1} and problems[0][0] == tmp_path / "a"

@@ -27,6 +27,7 @@ __all__ = [
     "read_metrics",
     "read_summary",
     "read_summary_if_valid",
+    "remove_stale_temporaries",
     "save_checkpoint",
     "write_metrics",
     "write_summary",
@@ -67,18 +68,23 @@ def write_summary(folder: Path, summary: dict[str, Any]) -> None:
 
 
 def read_summary(folder: Path) -> dict[str, Any] | None:
-    """The run's summary, or None when there is none yet (raises ``ValueError`` if it is not valid JSON)."""
+    """The run's summary, or None when there is none yet (``ValueError`` if it is not a JSON object)."""
     path = folder / SUMMARY
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(summary, dict):
+        raise ValueError(
+            f"{path} is not a run summary (a JSON object), it holds {type(summary).__name__} {summary!r:.40}"
+        )
+    return summary
 
 
 def read_summary_if_valid(folder: Path) -> dict[str, Any] | None:
-    """The run's summary, or None when there is none or it is not valid JSON (e.g. cut short by a crash)."""
+    """The run's summary, or None when there is none or it is not a JSON object (e.g. cut short by a crash)."""
     try:
         return read_summary(folder)
     except ValueError:
@@ -118,6 +124,21 @@ def _parse(text: str) -> Any:
         except ValueError:
             pass
     return text if text != "" else None
+
+
+RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of writes into ``folder`` that a killed process left behind; return them.
+
+    Only names :func:`atomic_write` makes for the run's own files (``.summary.json.<random>.tmp``) are removed;
+    call this only while holding the folder (no other process writes there).
+    """
+    stale = [p for name in RUN_FILES for p in folder.glob(f".{name}.*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:

@@ -27,7 +27,9 @@ def summarize_sweep(sweep_dir: Path, since: float = 0.0) -> tuple[Counter, list[
             continue
         try:
             summary = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            summary = None
+        if not isinstance(summary, dict):
             summary = {"status": "unreadable"}
         status = summary.get("status", "unknown")
         counts[status] += 1

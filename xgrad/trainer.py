@@ -31,7 +31,8 @@ from xgrad.optim import OPTIMIZERS, create_optimizer
 from xgrad.rundir import (
     CHECKPOINT,
     SCHEMA_VERSION,
-    read_summary_if_valid,
+    read_summary,
+    remove_stale_temporaries,
     save_checkpoint,
     write_metrics,
     write_summary,
@@ -413,6 +414,14 @@ def base_summary(cfg: DictConfig, overrides: str, status: str, synthetic: bool |
     }
 
 
+def _previous_summary(folder: Path) -> dict[str, Any] | None:
+    """The summary a run folder holds; a :class:`ResumeError` when it is not one xgrad could have written."""
+    try:
+        return read_summary(folder)
+    except ValueError as e:
+        raise ResumeError(f"{e}; delete it, or set resume=false to start the run over") from None
+
+
 def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
     """Train ``cfg`` into ``folder``: resume if a checkpoint exists, skip if already finished.
 
@@ -420,8 +429,10 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
     ``failed`` in ``summary.json`` with the error and is re-raised.
     """
     folder = Path(folder)
-    previous = read_summary_if_valid(folder)
-    if cfg.resume and previous and previous.get("status") in ("completed", "diverged"):
+    for path in remove_stale_temporaries(folder):
+        log.info("removed %s, left by a write that was killed", path.name)
+    previous = _previous_summary(folder) if cfg.resume else None
+    if previous and previous.get("status") in ("completed", "diverged"):
         log.info("already %s: %s (nothing to do; delete the folder or set resume=false to rerun)",
                  previous["status"], folder)  # fmt: skip
         return RunResult(previous["status"], previous, skipped=True)

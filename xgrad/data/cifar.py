@@ -164,11 +164,24 @@ def load_cifar(name: str, root: str | Path, download: bool = True) -> ImageDatas
         spec = _SPECS[name]
     except KeyError:
         raise ValueError(f"unknown CIFAR dataset {name!r}; expected one of {sorted(_SPECS)}") from None
-    root = Path(root).expanduser()
+    root = check_data_root(root)
     folder = root / spec.folder
     if _missing_files(spec, folder):
         _fetch(spec, root, download)
     return _read_dataset(spec, folder)
+
+
+def check_data_root(root: str | Path) -> Path:
+    """``root`` as a path; a :class:`DataError` when it (or a folder above it) is a file, not a folder."""
+    root = Path(root).expanduser()
+    existing = next((p for p in (root, *root.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == root else f"lies under the file {existing}"
+        raise DataError(
+            f"invalid data_root={str(root)!r}: it {where}, not a folder; set data_root=/a/folder (or "
+            "XGRAD_DATA) to the folder that holds, or will hold, the data sets"
+        )
+    return root
 
 
 def _missing_files(spec: _CifarSpec, folder: Path) -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cifar import DataError
+from .cifar import DataError, check_data_root
 
 __all__ = [
     "EOS",
@@ -152,7 +152,7 @@ def load_ptb(root: str | Path, download: bool = True) -> TextCorpus:
     unreadable, empty, or uses words outside the training vocabulary. Files whose md5 differs from the standard
     release are read (tests write small files in the same format) with a warning in the log.
     """
-    root = Path(root).expanduser()
+    root = check_data_root(root)
     folder = root / PTB_FOLDER
     missing = _missing(folder)
     if missing:

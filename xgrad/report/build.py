@@ -8,6 +8,9 @@ and seed) name the row's *variant*, e.g. ``optimizer.lr=0.01``; overrides common
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,12 +18,12 @@ import pandas as pd
 
 from xgrad.rundir import atomic_write
 
-from .collect import Collection, runs_frame
+from .collect import Collection, ReportError, runs_frame
 from .figures import convergence_figure, save_figure
 from .labels import setting_title, slug
 from .tables import comparison, comparison_table, cost, cost_table, render
 
-__all__ = ["Section", "build_report", "with_variants"]
+__all__ = ["MANIFEST", "Section", "build_report", "check_out", "with_variants"]
 
 
 @dataclass
@@ -85,11 +88,67 @@ def _section(
     return section
 
 
+MANIFEST = ".xgrad-report-files"  # the names of the files the report wrote into its folder, one per line
+
+
+def check_out(out: Path) -> None:
+    """Raise :class:`ReportError` unless ``out`` is a new folder, an empty one, or one this report wrote before.
+
+    A folder is the report's when it holds the manifest; anything else there is the user's and stays untouched.
+    """
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder: give a new or empty folder")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise ReportError(
+            f"--out {out} is not empty and was not written by xgrad.report (it has no {MANIFEST}): "
+            "give a new or empty folder, so that no file of yours is replaced"
+        )
+
+
 def build_report(
     collection: Collection, out: Path, reference: pd.DataFrame | None = None, inputs: list[str] | None = None
 ) -> Path:
-    """Write the whole report into ``out``; return the path of its ``README.md`` index."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write the whole report into ``out``; return the path of its ``README.md`` index.
+
+    Everything is written into a temporary folder inside ``out`` first and then moved into place: the files
+    an earlier report wrote (its manifest) are replaced or removed, a file of anyone else is never replaced
+    (:class:`ReportError` before anything is moved).
+    """
+    check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".xgrad-report-", suffix=".tmp", dir=out))
+    except OSError as e:
+        raise ReportError(f"--out {out} cannot be written: {e.strerror or e}") from e
+    try:
+        _build(collection, staging, reference, inputs)
+        _publish(staging, out)
+    except OSError as e:
+        raise ReportError(f"writing the report into {out} failed: {e.strerror or e} ({e.filename or out})") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out / "README.md"
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the staged files into ``out``, remove what an earlier report wrote and this one did not."""
+    names = sorted(p.name for p in staging.iterdir())
+    manifest = out / MANIFEST
+    previous = set(manifest.read_text().split()) if manifest.exists() else set()
+    foreign = [n for n in names if (out / n).exists() and n not in previous]
+    if foreign:
+        raise ReportError(
+            f"--out {out} holds {', '.join(foreign)}, not written by xgrad.report: not replaced; move them away "
+            "or give another folder"
+        )
+    for name in names:
+        os.replace(staging / name, out / name)
+    for name in previous - set(names):
+        (out / name).unlink(missing_ok=True)
+    write_text(manifest, "\n".join(names) + "\n")
+
+
+def _build(collection: Collection, out: Path, reference: pd.DataFrame | None, inputs: list[str] | None) -> None:
     frame = runs_frame(collection.runs)
     sections, parts = [], []
     for key, sub in _settings(frame):
@@ -97,7 +156,6 @@ def build_report(
         parts.append(sub)
         sections.append(_section(collection, key, sub, out, reference))
     cost_files: list[Path] = []
-    written: list[Path] = []
     cost_markdown = ""
     if parts:
         numbers = cost(pd.concat(parts))
@@ -110,26 +168,9 @@ def build_report(
                 write_text(out / "cost.csv", numbers.to_csv(index=False)),
             ]
         runs_csv = pd.concat(parts).drop(columns=["run"]).assign(extra=lambda f: f["extra"].map(", ".join))
-        written.append(write_text(out / "runs.csv", runs_csv.to_csv(index=False)))
+        write_text(out / "runs.csv", runs_csv.to_csv(index=False))
     index = _index(collection, frame, sections, cost_files, cost_markdown, inputs or [])
-    written += [write_text(out / "README.md", index), *cost_files]
-    for section in sections:
-        written += section.figures + [path for _, files, _ in section.tables for path in files]
-    _remove_stale(out, written)
-    return out / "README.md"
-
-
-MANIFEST = ".xgrad-report-files"
-
-
-def _remove_stale(out: Path, written: list[Path]) -> None:
-    """Delete files an earlier report wrote into ``out`` that this one did not (never anything else)."""
-    names = sorted({p.name for p in written})
-    manifest = out / MANIFEST
-    previous = manifest.read_text().split() if manifest.exists() else []
-    for name in set(previous) - set(names):
-        (out / name).unlink(missing_ok=True)
-    write_text(manifest, "\n".join(names) + "\n")
+    write_text(out / "README.md", index)
 
 
 def _links(paths: list[Path]) -> str:

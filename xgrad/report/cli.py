@@ -1,7 +1,11 @@
 """``python -m xgrad.report RESULT_DIR... [--out DIR] [--reference [CSV]] [--wandb ENTITY/PROJECT]``.
 
 Exit codes: 0 report written; 1 report written but no run was usable (all skipped); 2 bad input (a folder
-without any summary.json, an unreadable reference table, W&B unreachable).
+without any summary.json, an unreadable reference table, W&B unreachable, an --out that is a file, cannot be
+written, or holds files the report did not write).
+
+The report writes only its own files into ``--out``: a new or empty folder becomes the report's (its manifest,
+``.xgrad-report-files``, lists what it wrote); a rerun replaces and removes only those files.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .build import build_report
+from .build import build_report, check_out
 from .collect import Collection, ReportError, collect, drop_duplicate_seeds
 from .reference import load_reference
 
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code."""
     args = parse_args(argv)
     try:
+        check_out(args.out)  # before the runs are read: a wrong --out is said at once
         collection = load(args)
         reference = None
         if args.reference is not None:
