@@ -609,3 +609,106 @@ def test_compiled_prediction_matches_reference_without_recompiling():
         (cache,) = predictor._caches.values()
         assert "kernel" in cache and not cache.get("fused_failed")
     assert counters["stats"]["unique_graphs"] == len(settings)  # one graph each, whatever the lr
+
+
+# ----------------------------------------------------------------------------------- storage mirroring
+
+
+def pack_into_one_storage(params: list[nn.Parameter], lead: int = 0, transpose_first: bool = False) -> torch.Tensor:
+    """Make ``params`` views of one flat tensor, one after another from element ``lead`` (as cuDNN's
+    ``flatten_parameters`` does, or any model that packs its parameters); the first one optionally transposed."""
+    flat = torch.zeros(lead + sum(p.numel() for p in params), dtype=params[0].dtype)
+    offset = lead
+    for i, p in enumerate(params):
+        chunk = flat[offset : offset + p.numel()]
+        view = chunk.view(p.shape[::-1]).t() if (transpose_first and i == 0) else chunk.view(p.shape)
+        view.copy_(p.detach())
+        p.data = view
+        offset += p.numel()
+    return flat
+
+
+def storage_of(p: torch.Tensor) -> int:
+    return p.untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("two_groups", [False, True], ids=["one-group", "weights-and-biases-apart"])
+@pytest.mark.parametrize(
+    "factory",
+    [lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), lambda g: torch.optim.AdamW(g, lr=0.1, weight_decay=0.1)],
+    ids=["sgdm", "adamw"],
+)
+def test_parameters_sharing_a_storage_get_predictions_sharing_one_storage(factory, two_groups):
+    """Parameters packed into one storage are predicted into one spare storage at their own offsets and strides."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)).double()
+    packed = list(model.parameters())
+    pack_into_one_storage(packed, lead=3, transpose_first=True)
+    alone = nn.Parameter(torch.randn(4, dtype=torch.float64))  # a parameter with its own storage
+    weights, biases = [p for p in packed if p.dim() == 2], [p for p in packed if p.dim() == 1]
+    groups = [{"params": [alone, *weights]}, {"params": biases, "lr": 0.03}]
+    if not two_groups:
+        groups = [{"params": [alone, *packed]}]
+    optimizer = factory(groups)
+    random_steps(optimizer, [alone, *packed])
+    layouts = [(storage_of(p), p.storage_offset(), p.stride()) for p in packed]
+    assert len({storage for storage, _, _ in layouts}) == 1 and packed[0].stride() == (1, 7)
+    before = [p.detach().clone() for p in [alone, *packed]]
+    expected = [reference_prediction(optimizer, p, 1.0, False) for p in [alone, *packed]]
+    predictor = WeightPredictor(optimizer)
+    for _ in range(2):  # the spare storage is reused
+        with predictor:
+            spare = storage_of(packed[0])
+            assert spare != layouts[0][0]
+            assert [(storage_of(p), p.storage_offset(), p.stride()) for p in packed] == [
+                (spare, offset, stride) for _, offset, stride in layouts
+            ]
+            assert storage_of(alone) not in (spare, layouts[0][0])
+            for p, want in zip([alone, *packed], expected):
+                torch.testing.assert_close(p.detach(), want, rtol=1e-13, atol=1e-14)
+        assert [(storage_of(p), p.storage_offset(), p.stride()) for p in packed] == layouts
+        assert all(torch.equal(p.detach(), b) for p, b in zip([alone, *packed], before))
+    param_bytes = sum(p.numel() * 8 for p in [alone, *packed])
+    assert predictor.buffer_bytes <= param_bytes + 64 + 3 * 8  # one copy: alignment of `alone`, the lead gap
+
+
+def cudnn_takes_weights_in_place(rnn: nn.LSTM, offsets: list[int]) -> bool:
+    """CPU stand-in for ATen's cuDNN check (``try_get_weight_buf`` in aten/src/ATen/native/cudnn/RNN.cpp): it
+    views the storage of the first weight from its start as the weight buffer and uses the weights in place only
+    if each weight starts where cuDNN's layout puts it (here: ``offsets``, the layout the weights were flattened
+    into) and the last weight is contiguous; otherwise it copies them all and warns "RNN module weights are not
+    part of single contiguous chunk of memory". ``flatten_parameters`` also requires distinct data pointers."""
+    weights = rnn._flat_weights
+    buffer = torch.empty(0, dtype=weights[0].dtype).set_(weights[0].untyped_storage())
+    if buffer.numel() < sum(w.numel() for w in weights) or len({w.data_ptr() for w in weights}) != len(weights):
+        return False
+    starts = [buffer.data_ptr() + offset * buffer.element_size() for offset in offsets]
+    return [w.data_ptr() for w in weights] == starts and weights[-1].is_contiguous()
+
+
+def test_predicted_lstm_stays_one_chunk_in_cudnn_order():
+    """The language model's LSTM weights, flattened into one buffer in cuDNN's order (emulated on CPU), stay one
+    chunk in that order under prediction, so cuDNN runs the predicted weights in place instead of re-packing."""
+    from xgrad.models.lstm import LSTMLanguageModel
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(vocab_size=11, embedding_size=4, hidden_size=5, num_layers=2)
+    pack_into_one_storage(model.rnn._flat_weights)
+    offsets = [w.storage_offset() for w in model.rnn._flat_weights]
+    assert cudnn_takes_weights_in_place(model.rnn, offsets)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    predictor = WeightPredictor(optimizer)
+    tokens = torch.randint(0, 11, (6, 3))
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        with predictor:
+            assert cudnn_takes_weights_in_place(model.rnn, offsets)
+            logits, _ = model(tokens[:-1])
+            nn.functional.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten()).backward()
+        optimizer.step()
+        assert cudnn_takes_weights_in_place(model.rnn, offsets)
+    expected = [reference_prediction(optimizer, w, 1.0, False) for w in model.rnn._flat_weights]
+    with predictor:
+        assert cudnn_takes_weights_in_place(model.rnn, offsets)
+        for w, want in zip(model.rnn._flat_weights, expected):
+            torch.testing.assert_close(w.detach().double(), want, rtol=1e-6, atol=1e-7)

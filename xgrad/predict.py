@@ -9,13 +9,17 @@ How it is made cheap: each parameter gets one spare buffer (allocated once). ``p
 ``theta_hat`` into the spares with multi-tensor (``torch._foreach_*``) kernels, grouped by device and dtype,
 and then swaps storage (``p.data = spare``) so the parameters *are* the predicted weights; ``restore()`` swaps
 the original storage back. No copy of the weights in or out, restore is bit-exact by construction, and the
-extra memory is one copy of the parameters.
+extra memory is one copy of the parameters. Parameters that share one storage (cuDNN's flattened RNN weights, or
+any model that packs its parameters into one tensor) get spares that share one spare storage at the same offsets
+and strides, so the predicted weights are packed exactly like the weights (a predicted ``nn.LSTM`` stays one
+chunk in cuDNN's order); the other parameters' spares are packed one after another, 64-byte aligned.
 
 A prediction rule for another optimizer is one function registered with :func:`register_rule`.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import types
 import warnings
@@ -281,9 +285,9 @@ def _run_fused(batch: PredictionBatch, eps_outside_sqrt: bool, exp_avgs, seconds
         fn = _adam_kernel if eps_outside_sqrt else _adam3_kernel
         copy = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__)
         cache["kernel"] = torch.compile(copy, fullgraph=True, dynamic=False)
-        dtype = torch.float64 if batch.flat.dtype == torch.float64 else torch.float32
+        dtype = torch.float64 if batch.out[0].dtype == torch.float64 else torch.float32
         with torch.inference_mode(False):
-            cache["scalars"] = [torch.zeros((), dtype=dtype, device=batch.flat.device) for _ in range(3)]
+            cache["scalars"] = [torch.zeros((), dtype=dtype, device=batch.out[0].device) for _ in range(3)]
     scalars = cache["scalars"]
     for tensor, value in zip(scalars, (scale, eps, decay)):
         tensor.fill_(value)
@@ -312,34 +316,87 @@ adam3_rule.__doc__ = """AdaM3: ``Delta = m_hat / sqrt(v_hat)`` with ``v`` the EM
 
 
 class _FlatBuffer:
-    """One allocation holding a spare tensor for each parameter, each laid out like its parameter.
+    """One allocation holding a spare tensor (a view) for each of its parameters.
 
-    Views start at 64-byte boundaries so that vectorised kernels see aligned data.
+    Two layouts: :meth:`packed` places the spares one after another at 64-byte boundaries (aligned for vectorised
+    kernels); :meth:`mirrored` copies the layout of the one storage that the parameters share (same offsets and
+    strides), so that parameters packed together, such as cuDNN's flattened RNN weights, stay packed together.
     """
 
-    def __init__(self, params: list[Tensor]) -> None:
+    def __init__(self, params: list[Tensor], offsets: list[int], strides: list[tuple[int, ...]], total: int) -> None:
+        self.params = list(params)
+        self.layouts = [_layout(p) for p in params]
+        # A buffer first made under inference_mode must still be writable in training later.
+        with torch.inference_mode(False):
+            self.flat = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
+            self.views = [self.flat.as_strided(p.shape, s, o) for p, s, o in zip(params, strides, offsets)]
+
+    @classmethod
+    def packed(cls, params: list[Tensor]) -> _FlatBuffer:
+        """Spares one after another, each starting at a 64-byte boundary."""
         align = max(1, 64 // params[0].element_size())
         offsets, total = [], 0
         for p in params:
             offsets.append(total)
             total += -(-p.numel() // align) * align
-        self.params = list(params)
-        self.layouts = [(p.shape, p.stride()) for p in params]
-        # A buffer first made under inference_mode must still be writable in training later.
-        with torch.inference_mode(False):
-            self.flat = torch.zeros(total, dtype=params[0].dtype, device=params[0].device)
-            self.views = []
-            for p, offset in zip(params, offsets):
-                # Dense parameters (contiguous, channels_last) keep their strides; anything else gets the
-                # contiguous layout of the same shape, which the swap accepts just as well.
-                strides = torch.empty_like(p, device="meta", memory_format=torch.preserve_format).stride()
-                self.views.append(self.flat.as_strided(p.shape, strides, offset))
+        # Dense parameters (contiguous, channels_last) keep their strides; anything else gets the contiguous
+        # layout of the same shape, which the swap accepts just as well.
+        strides = [torch.empty_like(p, device="meta", memory_format=torch.preserve_format).stride() for p in params]
+        return cls(params, offsets, strides, total)
+
+    @classmethod
+    def mirrored(cls, params: list[Tensor]) -> _FlatBuffer:
+        """Spares at the parameters' own offsets and strides in their shared storage (which starts at offset 0)."""
+        total = max(p.storage_offset() + _extent(p) for p in params)
+        return cls(params, [p.storage_offset() for p in params], [p.stride() for p in params], total)
 
     def fits(self, params: list[Tensor]) -> bool:
-        """Whether this buffer was made for exactly these parameters, with these shapes and strides."""
+        """Whether this buffer was made for exactly these parameters, with these shapes, strides and offsets."""
         return len(params) == len(self.params) and all(
-            p is q and (p.shape, p.stride()) == layout for p, q, layout in zip(params, self.params, self.layouts)
+            p is q and _layout(p) == layout for p, q, layout in zip(params, self.params, self.layouts)
         )
+
+
+def _layout(p: Tensor) -> tuple:
+    return p.shape, p.stride(), p.storage_offset()
+
+
+def _extent(p: Tensor) -> int:
+    """Elements from a tensor's first to one past its last element in its storage."""
+    return 1 + sum((n - 1) * s for n, s in zip(p.shape, p.stride()))
+
+
+def _storage(p: Tensor) -> tuple:
+    return p.device, p.untyped_storage().data_ptr()
+
+
+def _mirrorable(params: list[Tensor]) -> bool:
+    """Parameters of one storage can get mirrored spares: one dtype, and no two of them overlap."""
+    if any(p.dtype != params[0].dtype for p in params):
+        return False
+    spans = sorted((p.storage_offset(), p.storage_offset() + _extent(p)) for p in params)
+    return all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))
+
+
+def _plan_spares(params_by_group: list[list[Tensor]]) -> dict[tuple, list[Tensor]]:
+    """Which spare buffer each parameter gets, as {buffer key: parameters}.
+
+    Parameters that share one storage with another predicted parameter get a buffer that mirrors that storage
+    (key ``("mirrored", device, storage)``), whatever their param groups; the others are packed, one buffer per
+    param group, device and dtype (key ``("packed", group index, device, dtype)``).
+    """
+    by_storage: dict[tuple, list[Tensor]] = defaultdict(list)
+    for params in params_by_group:
+        for p in params:
+            if p.numel():
+                by_storage[_storage(p)].append(p)
+    shared = {key for key, ps in by_storage.items() if len(ps) > 1 and _mirrorable(ps)}
+    plan: dict[tuple, list[Tensor]] = defaultdict(list)
+    for index, params in enumerate(params_by_group):
+        for p in params:
+            storage = _storage(p) if p.numel() else None
+            plan[("mirrored", *storage) if storage in shared else ("packed", index, p.device, p.dtype)].append(p)
+    return plan
 
 
 def _real(tensor: Tensor) -> Tensor:
@@ -421,39 +478,52 @@ class WeightPredictor:
             for group in self.optimizer.param_groups:
                 self._rule.check_group(group)
 
-    def _flat_buffer(self, key: tuple, params: list[Tensor]) -> _FlatBuffer:
-        buffer = self._buffers.get(key)
-        if buffer is None or not buffer.fits(params):
-            buffer = _FlatBuffer(params)
-            self._buffers[key] = buffer
-            self._caches.pop(key, None)  # a compiled kernel is specialised to the old shapes
-        return buffer
+    def _spares(self, params_by_group: list[list[Tensor]]) -> dict[int, tuple[tuple, Tensor]]:
+        """The spare of each parameter, as {id(param): (buffer key, view)}; buffers are made once and reused.
+
+        A buffer is rebuilt only when its parameters or their layout change (then its compiled kernels go too);
+        buffers no longer planned (e.g. the model moved to another device) are freed.
+        """
+        plan = _plan_spares(params_by_group)
+        spares = {}
+        for key, params in plan.items():
+            buffer = self._buffers.get(key)
+            if buffer is None or not buffer.fits(params):
+                buffer = _FlatBuffer.mirrored(params) if key[0] == "mirrored" else _FlatBuffer.packed(params)
+                self._buffers[key] = buffer
+                for kind in [kind for kind in self._caches if kind[-1] == key]:  # specialised to the old shapes
+                    del self._caches[kind]
+            spares.update((id(p), (key, view)) for p, view in zip(params, buffer.views))
+        for stale in set(self._buffers) - set(plan):
+            del self._buffers[stale]
+            for kind in [kind for kind in self._caches if kind[-1] == stale]:
+                del self._caches[kind]
+        return spares
 
     def _batches(self) -> list[tuple[PredictionBatch, list[Tensor], list[Tensor]]]:
-        """One batch per (group, device, dtype) of parameters with state, with those parameters and spares."""
+        """One batch per (group, device, dtype, spare buffer) of parameters with state, with params and spares."""
         key = self._rule.state_key
-        batches, used = [], set()
-        for index, group in enumerate(self.optimizer.param_groups):
-            by_kind: dict[tuple, tuple[list, list]] = defaultdict(lambda: ([], []))
-            for p in group["params"]:
-                state = self.optimizer.state.get(p)
-                if state and state.get(key) is not None:
-                    params, states = by_kind[(index, p.device, p.dtype)]
-                    params.append(p)
-                    states.append(state)
-            for kind, (params, states) in by_kind.items():
-                buffer = self._flat_buffer(kind, params)
-                used.add(kind)
-                args = (params, states, buffer.views, buffer.flat)
-                if buffer.flat.is_complex():  # the rules see real (re, im) views, as torch's optimizers do
-                    args = ([_real(p) for p in params], [_real_state(st) for st in states],
-                            [_real(v) for v in buffer.views], _real(buffer.flat))  # fmt: skip
+        groups = self.optimizer.param_groups
+        chosen = [[p for p in g["params"] if (self.optimizer.state.get(p) or {}).get(key) is not None] for g in groups]
+        spares = self._spares(chosen)
+        batches = []
+        for index, (group, params) in enumerate(zip(groups, chosen)):
+            by_kind: dict[tuple, list[Tensor]] = defaultdict(list)
+            for p in params:
+                by_kind[(index, p.device, p.dtype, spares[id(p)][0])].append(p)
+            for kind, ps in by_kind.items():
+                views = [spares[id(p)][1] for p in ps]
+                states = [self.optimizer.state[p] for p in ps]
+                flat = self._buffers[kind[-1]].flat
+                if len(ps) != len(self._buffers[kind[-1]].params):  # a mirrored storage shared with other groups
+                    flat = None
+                args = (ps, states, views, flat)
+                if ps[0].is_complex():  # the rules see real (re, im) views, as torch's optimizers do
+                    args = ([_real(p) for p in ps], [_real_state(st) for st in states], [_real(v) for v in views],
+                            None if flat is None else _real(flat))  # fmt: skip
                 batch = PredictionBatch(group, *args, self._steps, self.include_weight_decay, self.compile,
                                         self._caches[kind], self.optimizer)  # fmt: skip
-                batches.append((batch, params, buffer.views))
-        for stale in set(self._buffers) - used:  # e.g. the model moved to another device
-            del self._buffers[stale]
-            self._caches.pop(stale, None)
+                batches.append((batch, ps, views))
         return batches
 
     @torch.no_grad()

@@ -16,6 +16,10 @@ class LSTMLanguageModel(nn.Module):
 
     Inputs are sequence-first token ids ``[T, B]``; ``forward`` returns logits ``[T, B, V]`` and the new
     hidden state, which the training loop carries (detached) across truncated-BPTT windows.
+
+    cuDNN wants the LSTM weights in one contiguous chunk (``flatten_parameters()``); ``.to(device)`` packs them, and
+    checkpoints load into them in place. After replacing the weights any other way (e.g. ``torch.load`` of a whole
+    pickled model, where pytorch/examples' word_language_model calls it), call :meth:`flatten_parameters`.
     """
 
     def __init__(
@@ -30,9 +34,7 @@ class LSTMLanguageModel(nn.Module):
     ) -> None:
         super().__init__()
         if tie_weights and embedding_size != hidden_size:
-            raise ValueError(
-                f"tie_weights needs embedding_size == hidden_size, got {embedding_size} and {hidden_size}"
-            )
+            raise ValueError(f"tie_weights needs embedding_size == hidden_size, got {embedding_size} and {hidden_size}")
         self.num_layers, self.hidden_size = num_layers, hidden_size
         self.drop = nn.Dropout(dropout)
         self.embedding = nn.Embedding(vocab_size, embedding_size)
@@ -43,6 +45,10 @@ class LSTMLanguageModel(nn.Module):
         # Zaremba et al. initialise every weight uniformly in [-init_range, init_range].
         for p in self.parameters():
             nn.init.uniform_(p, -init_range, init_range)
+
+    def flatten_parameters(self) -> None:
+        """Pack the LSTM weights into one contiguous chunk in cuDNN's order (a no-op off CUDA)."""
+        self.rnn.flatten_parameters()
 
     def init_hidden(self, batch_size: int) -> Hidden:
         """Zero hidden and cell states for ``batch_size`` sequences."""
@@ -62,4 +68,3 @@ class LSTMLanguageModel(nn.Module):
 def lstm(num_classes: int = 10000, **kwargs) -> LSTMLanguageModel:
     """LSTM language model over a vocabulary of ``num_classes`` tokens (kwargs: sizes, layers, dropout)."""
     return LSTMLanguageModel(vocab_size=num_classes, **kwargs)
-
