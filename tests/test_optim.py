@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+import inspect
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from xgrad.optim import OPTIMIZERS, AdaBelief, AdaM3, create_optimizer
+from xgrad.optim import OPTIMIZERS, AdaBelief, AdaM3, MuonWithAdamW, create_optimizer, muon_param_groups
 
 
 def _params(seed=0, dtype=torch.float64):
@@ -113,12 +116,28 @@ def test_constructor_defaults():
         assert group["weight_decay"] == 0.0 and not group["decoupled_weight_decay"] and not group["amsgrad"]
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+EXPECTED_CLASSES = {
+    "sgd": "torch.optim.sgd.SGD", "sgdm": "torch.optim.sgd.SGD", "adam": "torch.optim.adam.Adam",
+    "adamw": "torch.optim.adamw.AdamW", "adabelief": "xgrad.optim.adabelief.AdaBelief",
+    "adam3": "xgrad.optim.adam3.AdaM3", "nadam": "torch.optim.nadam.NAdam", "radam": "torch.optim.radam.RAdam",
+    "adamax": "torch.optim.adamax.Adamax", "rmsprop": "torch.optim.rmsprop.RMSprop",
+    "adagrad": "torch.optim.adagrad.Adagrad", "adafactor": "torch.optim.Adafactor",
+    "muon": "xgrad.optim.muon.MuonWithAdamW", "lion": "pytorch_optimizer.optimizer.lion.Lion",
+    "soap": "pytorch_optimizer.optimizer.soap.SOAP", "adan": "pytorch_optimizer.optimizer.adan.Adan",
+}  # fmt: skip
+
+
+def test_registry_lists_every_expected_optimizer():
+    assert list(OPTIMIZERS) == list(EXPECTED_CLASSES)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_create_optimizer_builds_every_name(name):
+    if OPTIMIZERS[name].extra:
+        pytest.importorskip("pytorch_optimizer")
     optimizer = create_optimizer(name, _params(), lr=0.01)
-    expected = {"sgd": torch.optim.SGD, "sgdm": torch.optim.SGD, "adam": torch.optim.Adam,
-                "adamw": torch.optim.AdamW, "adabelief": AdaBelief, "adam3": AdaM3}[name]  # fmt: skip
-    assert type(optimizer) is expected
+    cls = type(optimizer)
+    assert f"{cls.__module__}.{cls.__qualname__}" == EXPECTED_CLASSES[name]
     assert optimizer.param_groups[0]["lr"] == 0.01
     if name == "sgd":
         assert optimizer.param_groups[0]["momentum"] == 0
@@ -130,15 +149,21 @@ def test_create_optimizer_builds_every_name(name):
     ("name", "hp", "message"),
     [
         ("adam", {"lr": -1.0}, r"lr=-1.0.*lr >= 0"),
-        ("adamw", {"betas": [0.9, 1.0]}, r"betas\[1\]=1.0.*0 <= beta < 1"),
+        ("adamw", {"betas": [0.9, 1.0]}, r"betas\[1\]=1.0: accepted a number with 0 <= betas\[1\] < 1"),
         ("adabelief", {"betas": (0.9,)}, r"betas=\(0.9,\)"),
         ("adam3", {"eps": 0.0}, r"eps=0.0.*eps > 0"),
         ("sgdm", {"weight_decay": -0.1}, r"weight_decay=-0.1.*>= 0"),
-        ("sgdm", {"momentum": 0.0}, r"momentum=0.0.*0 < momentum < 1"),
+        ("sgdm", {"momentum": 0.0}, r"momentum=0.0: accepted a number with 0 < momentum < 1"),
         ("sgdm", {"momentum": 1.0}, r"momentum=1.0"),
         ("sgd", {"momentum": 0.9}, r"momentum=0.9.*sgdm"),
         ("adam", {"momentum": 0.9}, r"unknown hyperparameter 'momentum'.*accepted"),
         ("adam", {"lr": "fast"}, r"lr='fast'"),
+        ("adan", {"betas": [0.9, 0.9]}, r"betas=\[0.9, 0.9\]: accepted a list of 3 elements"),
+        ("muon", {"ns_steps": 2.5}, r"ns_steps=2.5: accepted an integer with ns_steps >= 1"),
+        ("muon", {"adjust_lr_fn": "cubic"}, r"adjust_lr_fn='cubic': accepted one of null, 'original'"),
+        ("adafactor", {"eps": [None, -1.0]}, r"eps\[1\]=-1.0: accepted a number with eps\[1\] >= 0 or null"),
+        ("rmsprop", {"centered": "yes"}, r"centered='yes': accepted true or false"),
+        ("lion", {"eps": 1e-8}, r"unknown hyperparameter 'eps' for optimizer 'lion'"),
     ],
 )
 def test_create_optimizer_rejects_bad_values(name, hp, message):
@@ -147,7 +172,7 @@ def test_create_optimizer_rejects_bad_values(name, hp, message):
 
 
 def test_unknown_optimizer_lists_known_names():
-    with pytest.raises(ValueError, match=r"unknown optimizer 'lamb'.*adabelief.*adam3.*sgdm"):
+    with pytest.raises(ValueError, match=r"unknown optimizer 'lamb': known optimizers are sgd, sgdm, adam, .*, adan$"):
         create_optimizer("lamb", _params())
 
 
@@ -185,3 +210,167 @@ def test_complex_parameters_update_as_pairs_of_reals(cls, foreach):
         ours.step()
         reference.step()
     torch.testing.assert_close(torch.view_as_real(z.detach()), twin.detach(), rtol=0, atol=0)
+
+
+# ----------------------------------------------------------------------------------- the optimizers people use now
+
+NEW = ["nadam", "radam", "adamax", "rmsprop", "adagrad", "adafactor", "muon", "lion", "soap", "adan"]
+# Where the registry's (paper's / official code's) defaults differ from the class's own signature defaults.
+DIFFERS_FROM_CLASS = {
+    "rmsprop": {"lr", "alpha"},  # Tieleman & Hinton's 0.001 and 0.9 against torch's 0.01 and 0.99
+    "muon": {"weight_decay", "adamw_weight_decay"},  # the Muon README's usage (0.01) against muon.py's 0
+}
+
+
+def _class_of(name):
+    import importlib
+
+    build = OPTIMIZERS[name].build
+    if isinstance(build, type):
+        return build
+    module, attribute = build.__qualname__.rsplit(".", 1)
+    return getattr(importlib.import_module(module), attribute)
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_registry_defaults_are_the_class_defaults_where_they_coincide(name):
+    if OPTIMIZERS[name].extra:
+        pytest.importorskip("pytorch_optimizer")
+    signature = inspect.signature(_class_of(name).__init__).parameters
+    differs = set()
+    for key, value in OPTIMIZERS[name].defaults.items():
+        assert key in signature, f"{name}: {key} is not a parameter of the class"
+        if signature[key].default != value:
+            differs.add(key)
+    assert differs == DIFFERS_FROM_CLASS.get(name, set())
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_config_file_repeats_the_registry_defaults_and_builds(name):
+    from omegaconf import OmegaConf
+
+    from tests.conftest import make_cfg
+    from xgrad.tasks import config_kwargs
+
+    if OPTIMIZERS[name].extra:
+        pytest.importorskip("pytorch_optimizer")
+    node = make_cfg([f"optimizer={name}"]).optimizer
+    values = OmegaConf.to_container(node, resolve=True)
+    assert values.pop("name") == name
+    as_lists = {k: list(v) if isinstance(v, tuple) else v for k, v in OPTIMIZERS[name].defaults.items()}
+    assert values == as_lists
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 2))
+    optimizer = create_optimizer(name, model, foreach=True, **config_kwargs(node))
+    groups = optimizer.param_groups
+    if name == "muon":
+        assert [g["use_muon"] for g in groups] == [True, False]
+        assert groups[0]["lr"] == 0.02 and groups[0]["momentum"] == 0.95 and groups[0]["weight_decay"] == 0.01
+        assert (groups[1]["lr"], groups[1]["betas"], groups[1]["eps"]) == (3e-4, (0.9, 0.95), 1e-10)
+        return
+    for key, value in OPTIMIZERS[name].defaults.items():
+        assert groups[0][key] == value, key
+
+
+def test_prediction_entry_agrees_with_the_registered_rules():
+    from xgrad.predict import _RULES
+
+    for name, spec in OPTIMIZERS.items():
+        if spec.extra and importlib.util.find_spec("pytorch_optimizer") is None:
+            continue
+        has_rule = any(cls in _RULES for cls in _class_of(name).__mro__)
+        assert (spec.prediction == "rule") == (has_rule and name != "sgd"), name
+        assert (spec.prediction == "none") == (name == "sgd"), name
+
+
+def test_missing_optional_package_names_the_extra(monkeypatch):
+    import xgrad.optim.factory as factory
+
+    def missing(module):
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    monkeypatch.setattr(factory.importlib, "import_module", missing)
+    for name in ("lion", "soap", "adan"):
+        with pytest.raises(factory.MissingExtraError, match=r"pip install 'xgrad\[extra-optim\]'"):
+            create_optimizer(name, _params())
+
+
+# ----------------------------------------------------------------------------------- Muon with AdamW
+
+
+def _muon_hp():
+    return dict(lr=0.05, momentum=0.9, weight_decay=0.1, adamw_lr=0.01, adamw_betas=(0.8, 0.9), adamw_eps=1e-6,
+                adamw_weight_decay=0.2)  # fmt: skip
+
+
+def test_muon_is_torch_muon_on_matrices_and_adamw_on_the_rest():
+    torch.manual_seed(0)
+    w, b = nn.Parameter(torch.randn(6, 4)), nn.Parameter(torch.randn(6))
+    w2, b2 = nn.Parameter(w.detach().clone()), nn.Parameter(b.detach().clone())
+    ours = MuonWithAdamW([{"params": [w], "use_muon": True}, {"params": [b], "use_muon": False}], **_muon_hp())
+    muon = torch.optim.Muon([w2], lr=0.05, momentum=0.9, weight_decay=0.1)
+    adamw = torch.optim.AdamW([b2], lr=0.01, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.2)
+    for _ in range(4):
+        gw, gb = torch.randn(6, 4), torch.randn(6)
+        w.grad, b.grad, w2.grad, b2.grad = gw, gb, gw.clone(), gb.clone()
+        ours.step()
+        muon.step()
+        adamw.step()
+        assert torch.equal(w, w2) and torch.equal(b, b2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_muon_treats_conv_filters_as_matrices(channels_last):
+    torch.manual_seed(0)
+    conv = torch.randn(4, 2, 3, 3)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+    c = nn.Parameter(conv)
+    m = nn.Parameter(conv.reshape(4, -1).clone())
+    ours = MuonWithAdamW([c], lr=0.05, weight_decay=0.1)
+    reference = torch.optim.Muon([m], lr=0.05, weight_decay=0.1)
+    for _ in range(3):
+        g = torch.randn(4, 2, 3, 3)
+        c.grad, m.grad = g.to(memory_format=torch.channels_last) if channels_last else g, g.reshape(4, -1).clone()
+        ours.step()
+        reference.step()
+        assert torch.equal(c.detach().reshape(4, -1), m.detach())
+    assert c.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_muon_parameter_split_follows_the_muon_readme():
+    from xgrad.models.lstm import LSTMLanguageModel
+    from xgrad.models.resnet_cifar import resnet20
+
+    model = resnet20(num_classes=10)
+    muon, adamw = (g["params"] for g in muon_param_groups(model))
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in adamw if p.ndim >= 2} == {"conv1.weight", "linear.weight"}
+    assert all(p.ndim == 4 for p in muon) and len(muon) == 18
+    lm = LSTMLanguageModel(vocab_size=50, embedding_size=8, hidden_size=8, num_layers=2, tie_weights=False)
+    muon, adamw = (g["params"] for g in muon_param_groups(lm))
+    names = {id(p): n for n, p in lm.named_parameters()}
+    assert {names[id(p)] for p in adamw if p.ndim >= 2} == {"embedding.weight", "decoder.weight"}
+    assert {names[id(p)] for p in muon} == {f"rnn.weight_{k}_l{i}" for k in ("ih", "hh") for i in (0, 1)}
+
+
+def test_muon_resumes_from_its_state_dict_bit_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(), nn.Linear(5, 1))
+    data = [torch.randn(8, 3) for _ in range(6)]
+
+    def train(model, optimizer, batches):
+        for x in batches:
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+
+    whole = copy.deepcopy(model)
+    train(whole, create_optimizer("muon", whole), data)
+    first = create_optimizer("muon", model)
+    train(model, first, data[:3])
+    resumed = copy.deepcopy(model)
+    second = create_optimizer("muon", resumed)
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    train(resumed, second, data[3:])
+    for p, q in zip(whole.parameters(), resumed.parameters()):
+        assert torch.equal(p, q)

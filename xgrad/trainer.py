@@ -27,7 +27,7 @@ from torch import nn
 from xgrad import WeightPredictor
 from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed
 from xgrad.errors import ConfigError, ResumeError, error_text
-from xgrad.optim import OPTIMIZERS, create_optimizer
+from xgrad.optim import OPTIMIZERS, MissingExtraError, create_optimizer
 from xgrad.rundir import (
     CHECKPOINT,
     SCHEMA_VERSION,
@@ -202,8 +202,8 @@ class Trainer:
         # null entries mean "the optimizer's default" (e.g. eps for SGD in the PTB presets' eps tables)
         hp = config_kwargs(cfg.optimizer)
         try:
-            self.optimizer = create_optimizer(cfg.optimizer.name, self.model.parameters(), foreach=True, **hp)
-        except ValueError as e:
+            self.optimizer = create_optimizer(cfg.optimizer.name, self.model, foreach=True, **hp)
+        except (ValueError, MissingExtraError) as e:
             raise ConfigError(f"optimizer={cfg.optimizer.name}: {e}") from e
         self.predictor = None
         if cfg.predict and cfg.predict_steps > 0:

@@ -1,7 +1,28 @@
-"""Optimizers: AdaBelief and AdaM3, and a registry that builds any supported optimizer by name."""
+"""Optimizers: AdaBelief, AdaM3, Muon with AdamW, and the one registry that builds any supported optimizer by name."""
 
 from .adabelief import AdaBelief
 from .adam3 import AdaM3
-from .factory import OPTIMIZERS, OptimizerSpec, create_optimizer, register_optimizer
+from .factory import (
+    OPTIMIZERS,
+    Hyperparameter,
+    MissingExtraError,
+    OptimizerSpec,
+    create_optimizer,
+    optional,
+    register_optimizer,
+)
+from .muon import MuonWithAdamW, muon_param_groups
 
-__all__ = ["OPTIMIZERS", "AdaBelief", "AdaM3", "OptimizerSpec", "create_optimizer", "register_optimizer"]
+__all__ = [
+    "OPTIMIZERS",
+    "AdaBelief",
+    "AdaM3",
+    "Hyperparameter",
+    "MissingExtraError",
+    "MuonWithAdamW",
+    "OptimizerSpec",
+    "create_optimizer",
+    "muon_param_groups",
+    "optional",
+    "register_optimizer",
+]

@@ -1,103 +1,399 @@
-"""Build any supported optimizer from a name, with validated hyperparameters (a timm-style registry)."""
+"""The one optimizer registry: everything about each optimizer the suite can build, in one entry.
+
+An entry (:class:`OptimizerSpec`) holds
+
+- ``build``: the class, or a function ``build(params, **hyperparameters) -> Optimizer``; for a class from an
+  optional package, :func:`optional` imports it on first use and names the extra to install if it is missing;
+- ``hyperparameters``: name -> :class:`Hyperparameter` (the suite's default and the accepted values). These are
+  the only keys a config may set; the defaults come from the method's paper or official code (``source``);
+- ``prediction``: how ``WeightPredictor`` predicts it: ``"rule"`` (a rule registered in :mod:`xgrad.predict`),
+  ``"extrapolate"`` (the last update repeated, ``theta_t + s * lr_next / lr_last * (theta_t - theta_{t-1})``)
+  or ``"none"`` (nothing to predict from: plain SGD);
+- ``param_groups``: given the model, how its parameters split into groups (Muon: hidden matrices to Muon, the
+  rest to AdamW), or None for one group of all parameters;
+- ``label`` (tables and figures), ``source`` (where the defaults come from) and ``extra`` (the pip extra that
+  provides it, if any).
+
+:func:`create_optimizer` builds an entry with validated hyperparameters, the config schema reads
+``OPTIMIZERS[name].hyperparameters``, and the report reads ``label``. Adding an optimizer is one
+:func:`register_optimizer` call plus a ``conf/optimizer/<name>.yaml`` listing the same defaults.
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from .adabelief import AdaBelief
 from .adam3 import AdaM3
+from .muon import MuonWithAdamW, muon_param_groups
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "create_optimizer", "register_optimizer"]
+__all__ = [
+    "OPTIMIZERS",
+    "Hyperparameter",
+    "MissingExtraError",
+    "OptimizerSpec",
+    "create_optimizer",
+    "optional",
+    "register_optimizer",
+]
+
+
+class MissingExtraError(ImportError):
+    """An optimizer's optional package is not installed (the message names the extra to install)."""
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One hyperparameter: the suite's default and the values accepted.
+
+    Numbers must lie in ``[low, high]`` (``low_open`` / ``high_open`` make an end exclusive; None: unbounded);
+    ``kind`` is ``float``, ``int``, ``bool``, ``str`` or ``tuple``. A tuple has ``length`` elements (or
+    ``length`` is a tuple of allowed lengths), each a number in the range. ``choices`` lists the accepted values
+    of a ``str`` (or anything else); ``nullable`` also accepts None (a tuple: None elements).
+    """
+
+    default: Any
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    length: int | tuple[int, ...] | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+
+    def accepted(self, name: str = "x") -> str:
+        """The accepted values in words, e.g. ``a number with 0 <= x < 1`` (``name`` in place of x)."""
+        if self.choices is not None:
+            return "one of " + ", ".join("null" if c is None else repr(c) for c in self.choices)
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return "a string" + (" or null" if self.nullable else "")
+        low = f"{self.low:g} {'<' if self.low_open else '<='} " if self.low is not None else ""
+        high = f" {'<' if self.high_open else '<='} {self.high:g}" if self.high is not None else ""
+        if low and not high:  # one-sided bounds read better as "x >= 0"
+            low, high = "", f" {'>' if self.low_open else '>='} {self.low:g}"
+        number = "an integer" if self.kind is int else "a number"
+        number += f" with {low}{name}{high}" if low or high else ""
+        if self.kind is tuple:
+            lengths = self.length if isinstance(self.length, tuple) else (self.length,)
+            return f"a list of {' or '.join(map(str, lengths))} elements, each {number}" + (
+                " or null" if self.nullable else ""
+            )
+        return number + (" or null" if self.nullable else "")
+
+    def _number_ok(self, value: Any) -> bool:
+        if value is None:
+            return self.nullable
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def error(self, key: str, value: Any) -> str | None:
+        """None when ``value`` is accepted, else ``"invalid KEY=VALUE: accepted ..."`` (a list: its bad element)."""
+        if self.choices is not None:
+            good = value in self.choices
+        elif self.kind is bool:
+            good = isinstance(value, bool)
+        elif self.kind is str:
+            good = isinstance(value, str) or (value is None and self.nullable)
+        elif self.kind is tuple:
+            lengths = self.length if isinstance(self.length, tuple) else (self.length,)
+            good = isinstance(value, (tuple, list)) and len(value) in lengths
+            if good:
+                element = Hyperparameter(None, float, self.low, self.high, self.low_open, self.high_open,
+                                         nullable=self.nullable)  # fmt: skip
+                for i, v in enumerate(value):
+                    if not element._number_ok(v):
+                        label = f"{key}[{i}]"
+                        return f"invalid {label}={v!r}: accepted {element.accepted(label)}"
+        else:
+            good = self._number_ok(value)
+        return None if good else f"invalid {key}={value!r}: accepted {self.accepted(key)}"
+
+
+def _float(default: float, low: float | None = None, high: float | None = None, **kw: Any) -> Hyperparameter:
+    return Hyperparameter(default, float, low, high, **kw)
+
+
+def lr(default: float) -> Hyperparameter:
+    """A learning rate: ``lr >= 0``."""
+    return _float(default, 0.0)
+
+
+def nonnegative(default: float) -> Hyperparameter:
+    """A number ``>= 0`` (weight decay, momentum decay, ...)."""
+    return _float(default, 0.0)
+
+
+def positive(default: float) -> Hyperparameter:
+    """A number ``> 0`` (eps, ...)."""
+    return _float(default, 0.0, low_open=True)
+
+
+def fraction(default: float, *, low_open: bool = False) -> Hyperparameter:
+    """A decay rate in ``[0, 1)`` (or ``(0, 1)`` with ``low_open``)."""
+    return _float(default, 0.0, 1.0, low_open=low_open, high_open=True)
+
+
+def flag(default: bool) -> Hyperparameter:
+    """A boolean switch."""
+    return Hyperparameter(default, bool)
+
+
+def betas(*default: float, lengths: tuple[int, ...] | None = None) -> Hyperparameter:
+    """A tuple of EMA rates, each in ``[0, 1)``."""
+    return Hyperparameter(tuple(default), tuple, 0.0, 1.0, high_open=True, length=lengths or len(default))
+
+
+def count(default: int, low: int = 1) -> Hyperparameter:
+    """An integer ``>= low``."""
+    return Hyperparameter(default, int, low)
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """How a name maps to an optimizer class: its defaults and the range check of its momentum."""
+    """Everything about one optimizer (see the module docstring)."""
 
-    cls: type[Optimizer]
-    defaults: dict[str, Any] = field(default_factory=dict)
-    #: ``(low, high, text)`` with low < momentum < high required, or None when momentum is not accepted.
-    momentum_range: tuple[float, float, str] | None = None
-    can_predict: bool = True
+    build: Callable[..., Optimizer]
+    hyperparameters: dict[str, Hyperparameter]
+    prediction: Literal["rule", "extrapolate", "none"]
+    label: str
+    source: str
+    extra: str | None = None
+    param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None
+    #: Raised for a value the ranges cannot express (e.g. SGD without momentum given a momentum): (key, check, text).
+    checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = field(default_factory=tuple)
+
+    @property
+    def can_predict(self) -> bool:
+        """Whether ``predict=true`` works with this optimizer."""
+        return self.prediction != "none"
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The suite's default hyperparameters (each entry's ``default``)."""
+        return {name: hp.default for name, hp in self.hyperparameters.items()}
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
 
 
 def register_optimizer(name: str, spec: OptimizerSpec) -> None:
-    """Make ``create_optimizer(name, ...)`` build ``spec.cls``; for a new optimizer, also register a
-    prediction rule with :func:`xgrad.predict.register_rule`."""
+    """Make ``create_optimizer(name, ...)`` build ``spec.build``; a new optimizer with ``prediction="rule"``
+    also needs a rule registered with :func:`xgrad.predict.register_rule`."""
     if name in OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} is already registered")
+    if spec.prediction not in ("rule", "extrapolate", "none"):
+        raise ValueError(f"invalid prediction={spec.prediction!r} for {name!r}: accepted rule, extrapolate or none")
     OPTIMIZERS[name] = spec
 
 
-register_optimizer("sgd", OptimizerSpec(torch.optim.SGD, {"momentum": 0.0}, can_predict=False))
-register_optimizer("sgdm", OptimizerSpec(torch.optim.SGD, {"momentum": 0.9}, (0.0, 1.0, "0 < momentum < 1")))
-register_optimizer("adam", OptimizerSpec(torch.optim.Adam))
-register_optimizer("adamw", OptimizerSpec(torch.optim.AdamW))
-register_optimizer("adabelief", OptimizerSpec(AdaBelief))
-register_optimizer("adam3", OptimizerSpec(AdaM3))
+def optional(module: str, attribute: str, extra: str) -> Callable[..., Optimizer]:
+    """``module.attribute`` (an optimizer class of an optional package), imported when first called.
+
+    A missing package raises :class:`MissingExtraError` saying ``pip install 'xgrad[<extra>]'``.
+    """
+
+    def build(params: Any, **hyperparameters: Any) -> Optimizer:
+        try:
+            cls = getattr(importlib.import_module(module), attribute)
+        except ImportError as e:
+            raise MissingExtraError(
+                f"{module}.{attribute} is not installed: pip install 'xgrad[{extra}]' (or pip install {e.name})"
+            ) from e
+        return cls(params, **hyperparameters)
+
+    build.__qualname__ = build.__name__ = f"{module}.{attribute}"
+    return build
 
 
-def _check_range(name: str, value: Any, ok: Callable[[float], bool], accepted: str) -> None:
-    try:
-        good = ok(float(value))
-    except (TypeError, ValueError):
-        good = False
-    if not good:
-        raise ValueError(f"invalid {name}={value!r}: accepted {accepted}")
+# ----------------------------------------------------------------------------------------------- entries
+# Common ranges. Each entry lists every key its config may set, with the default that config file repeats.
+_WD = nonnegative(0.0)
+_ADAM = {"lr": lr(1e-3), "betas": betas(0.9, 0.999), "eps": positive(1e-8), "weight_decay": _WD}
+
+# Paper's five: the defaults are the classes' own (the conf/optimizer files set the CIFAR protocol on top).
+register_optimizer("sgd", OptimizerSpec(
+    torch.optim.SGD,
+    {"lr": lr(1e-3), "momentum": nonnegative(0.0), "weight_decay": _WD},
+    "none", "SGD", "torch.optim.SGD",
+    checks=(("momentum", lambda v: float(v) == 0.0, "0 (use 'sgdm' for momentum)"),),
+))  # fmt: skip
+register_optimizer("sgdm", OptimizerSpec(
+    torch.optim.SGD,
+    {"lr": lr(1e-3), "momentum": fraction(0.9, low_open=True), "dampening": _float(0.0, 0.0, 1.0),
+     "nesterov": flag(False), "weight_decay": _WD},
+    "rule", "SGDM", "torch.optim.SGD; momentum 0.9 as in the CIFAR protocols",
+))  # fmt: skip
+register_optimizer("adam", OptimizerSpec(
+    torch.optim.Adam, {**_ADAM, "amsgrad": flag(False), "decoupled_weight_decay": flag(False)},
+    "rule", "Adam", "Kingma & Ba 2015 (torch.optim.Adam's defaults)",
+))  # fmt: skip
+register_optimizer("adamw", OptimizerSpec(
+    torch.optim.AdamW, {**_ADAM, "weight_decay": nonnegative(1e-2), "amsgrad": flag(False)},
+    "rule", "AdamW", "Loshchilov & Hutter 2019 (torch.optim.AdamW's defaults)",
+))  # fmt: skip
+for _name, _cls, _label, _source in (
+    ("adabelief", AdaBelief, "AdaBelief", "Zhuang et al. 2020, official adabelief-pytorch (eps 1e-16)"),
+    ("adam3", AdaM3, "AdaM3", "Wang et al. 2021 (eps 1e-16 as AdaBelief's)"),
+):
+    register_optimizer(_name, OptimizerSpec(
+        _cls, {**_ADAM, "eps": positive(1e-16), "amsgrad": flag(False), "decoupled_weight_decay": flag(False)},
+        "rule", _label, _source,
+    ))  # fmt: skip
+
+# Optimizers people use now. Predicted by extrapolating the last update (no rule needed).
+register_optimizer("nadam", OptimizerSpec(
+    torch.optim.NAdam,
+    # Dozat 2016 ("Incorporating Nesterov Momentum into Adam"): lr 0.002, beta2 0.999, eps 1e-8; the momentum
+    # schedule mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * 0.004)) with beta1 0.9 and momentum_decay 0.004 (Keras
+    # Nadam's schedule_decay, which torch.optim.NAdam reproduces).
+    {"lr": lr(2e-3), "betas": betas(0.9, 0.999), "eps": positive(1e-8), "weight_decay": _WD,
+     "momentum_decay": nonnegative(4e-3), "decoupled_weight_decay": flag(False)},
+    "extrapolate", "NAdam", "Dozat 2016; Keras Nadam (torch.optim.NAdam's defaults)",
+))  # fmt: skip
+register_optimizer("radam", OptimizerSpec(
+    torch.optim.RAdam,
+    # Liu et al. 2020 (ICLR), official code LiyuanLucasLiu/RAdam: RAdam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+    # weight_decay=0); torch's RAdam takes the un-adapted (SGD-with-momentum) step while the variance is
+    # intractable, as the official degenerated_to_sgd=True.
+    {**_ADAM, "decoupled_weight_decay": flag(False)},
+    "extrapolate", "RAdam", "Liu et al. 2020, official RAdam code",
+))  # fmt: skip
+register_optimizer("adamax", OptimizerSpec(
+    torch.optim.Adamax,
+    # Kingma & Ba 2015, Algorithm 2 (AdaMax): alpha = 0.002, beta1 = 0.9, beta2 = 0.999 (eps: torch's 1e-8).
+    {"lr": lr(2e-3), "betas": betas(0.9, 0.999), "eps": positive(1e-8), "weight_decay": _WD},
+    "extrapolate", "Adamax", "Kingma & Ba 2015, Algorithm 2",
+))  # fmt: skip
+register_optimizer("rmsprop", OptimizerSpec(
+    torch.optim.RMSprop,
+    # Tieleman & Hinton 2012 (Coursera lecture 6.5): MeanSquare = 0.9 * MeanSquare + 0.1 * g**2, i.e. alpha 0.9;
+    # lr 0.001 as in the lecture's suggestion and Keras/TensorFlow (torch's defaults are alpha 0.99, lr 0.01).
+    {"lr": lr(1e-3), "alpha": fraction(0.9), "eps": positive(1e-8), "weight_decay": _WD,
+     "momentum": fraction(0.0), "centered": flag(False)},
+    "extrapolate", "RMSprop", "Tieleman & Hinton 2012, lecture 6.5",
+))  # fmt: skip
+register_optimizer("adagrad", OptimizerSpec(
+    torch.optim.Adagrad,
+    # Duchi et al. 2011 give no numeric defaults; these are torch.optim.Adagrad's (lr 0.01, eps 1e-10, G_0 = 0).
+    {"lr": lr(1e-2), "lr_decay": nonnegative(0.0), "weight_decay": _WD,
+     "initial_accumulator_value": nonnegative(0.0), "eps": positive(1e-10)},
+    "extrapolate", "Adagrad", "Duchi et al. 2011 (torch.optim.Adagrad's defaults)",
+))  # fmt: skip
+register_optimizer("adafactor", OptimizerSpec(
+    torch.optim.Adafactor,
+    # Shazeer & Stern 2018, Section 9/Algorithm 4: relative step rho_t = min(1e-2, 1/sqrt(t)) (lr caps it),
+    # beta2_t = 1 - t**-0.8, clipping d = 1, eps2 = 1e-3; eps1 null = torch's dtype epsilon (torch applies eps1
+    # differently from the paper's 1e-30, see torch.optim.Adafactor's note). Decay is decoupled (theta * lr * wd).
+    {"lr": lr(1e-2), "beta2_decay": _float(-0.8, None, 0.0), "d": positive(1.0), "weight_decay": _WD,
+     "eps": Hyperparameter((None, 1e-3), tuple, 0.0, length=2, nullable=True)},
+    "extrapolate", "Adafactor", "Shazeer & Stern 2018 (torch.optim.Adafactor)",
+))  # fmt: skip
+register_optimizer("muon", OptimizerSpec(
+    MuonWithAdamW,
+    # Keller Jordan's Muon (github.com/KellerJordan/Muon, README usage): Muon lr 0.02, momentum 0.95, nesterov,
+    # 5 Newton-Schulz steps, weight decay 0.01 on the hidden matrices; the rest with AdamW lr 3e-4,
+    # betas (0.9, 0.95), eps 1e-10 (muon.py's MuonWithAuxAdam defaults), weight decay 0.01.
+    {"lr": lr(0.02), "momentum": fraction(0.95), "nesterov": flag(True), "ns_steps": count(5),
+     "weight_decay": nonnegative(0.01),
+     "adjust_lr_fn": Hyperparameter(None, str, choices=(None, "original", "match_rms_adamw", "spectral_unclamped")),
+     "adamw_lr": lr(3e-4), "adamw_betas": betas(0.9, 0.95), "adamw_eps": positive(1e-10),
+     "adamw_weight_decay": nonnegative(0.01)},
+    "extrapolate", "Muon", "Jordan et al. 2024, github.com/KellerJordan/Muon", param_groups=muon_param_groups,
+))  # fmt: skip
+
+# From pytorch-optimizer (pip install 'xgrad[extra-optim]'), never copied.
+_EXTRA = "extra-optim"
+register_optimizer("lion", OptimizerSpec(
+    optional("pytorch_optimizer", "Lion", _EXTRA),
+    # Chen et al. 2023 ("Symbolic Discovery of Optimization Algorithms"), official google/automl lion_pytorch.py:
+    # Lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0); decoupled decay.
+    {"lr": lr(1e-4), "betas": betas(0.9, 0.99), "weight_decay": _WD},
+    "extrapolate", "Lion", "Chen et al. 2023, official lion_pytorch.py", _EXTRA,
+))  # fmt: skip
+register_optimizer("soap", OptimizerSpec(
+    optional("pytorch_optimizer", "SOAP", _EXTRA),
+    # Vyas et al. 2024 ("SOAP: Improving and Stabilizing Shampoo using Adam"), official nikhilvyas/SOAP soap.py:
+    # lr 3e-3, betas (0.95, 0.95), eps 1e-8, weight_decay 0.01, precondition_frequency 10,
+    # max_precond_dim 10000, correct_bias true.
+    {"lr": lr(3e-3), "betas": betas(0.95, 0.95), "eps": positive(1e-8), "weight_decay": nonnegative(0.01),
+     "precondition_frequency": count(10), "max_precondition_dim": count(10000), "correct_bias": flag(True)},
+    "extrapolate", "SOAP", "Vyas et al. 2024, official SOAP code", _EXTRA,
+))  # fmt: skip
+register_optimizer("adan", OptimizerSpec(
+    optional("pytorch_optimizer", "Adan", _EXTRA),
+    # Xie et al. 2022 ("Adan: Adaptive Nesterov Momentum Algorithm"), official sail-sg/Adan adan.py:
+    # lr 1e-3, betas (0.98, 0.92, 0.99), eps 1e-8, weight_decay 0.0, max_grad_norm 0.0 (no clipping).
+    {"lr": lr(1e-3), "betas": betas(0.98, 0.92, 0.99), "eps": positive(1e-8), "weight_decay": _WD,
+     "max_grad_norm": nonnegative(0.0)},
+    "extrapolate", "Adan", "Xie et al. 2022, official Adan code", _EXTRA,
+))  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- building
 
 
 def _validate(name: str, spec: OptimizerSpec, hp: dict[str, Any]) -> None:
-    accepted = [p for p in inspect.signature(spec.cls.__init__).parameters if p not in ("self", "params")]
-    for key in hp:
-        if key not in accepted:
-            raise ValueError(f"unknown hyperparameter {key!r} for optimizer {name!r}: accepted {accepted}")
-    if "lr" in hp:
-        _check_range("lr", hp["lr"], lambda v: v >= 0, "lr >= 0")
-    if "eps" in hp:
-        _check_range("eps", hp["eps"], lambda v: v > 0, "eps > 0")
-    if "weight_decay" in hp:
-        _check_range("weight_decay", hp["weight_decay"], lambda v: v >= 0, "weight_decay >= 0")
-    if "betas" in hp:
-        betas = hp["betas"]
-        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-            raise ValueError(f"invalid betas={betas!r}: accepted a pair (beta1, beta2), each in [0, 1)")
-        for i, beta in enumerate(betas):
-            _check_range(f"betas[{i}]", beta, lambda v: 0 <= v < 1, "0 <= beta < 1")
-    if "dampening" in hp:
-        _check_range("dampening", hp["dampening"], lambda v: 0 <= v <= 1, "0 <= dampening <= 1")
-    if "momentum" in hp:
-        if spec.momentum_range is None:
-            if float(hp["momentum"]) != 0.0:
-                raise ValueError(
-                    f"invalid momentum={hp['momentum']!r} for {name!r}: accepted 0 (use 'sgdm' for momentum)"
-                )
-        else:
-            low, high, text = spec.momentum_range
-            _check_range("momentum", hp["momentum"], lambda v: low < v < high, text)
+    for key, value in hp.items():
+        if key not in spec.hyperparameters:
+            raise ValueError(
+                f"unknown hyperparameter {key!r} for optimizer {name!r}: accepted {sorted(spec.hyperparameters)}"
+            )
+        problem = spec.hyperparameters[key].error(key, value)
+        if problem:
+            raise ValueError(problem)
+    for key, check, text in spec.checks:
+        if key in hp and not check(hp[key]):
+            raise ValueError(f"invalid {key}={hp[key]!r} for {name!r}: accepted {text}")
 
 
-def create_optimizer(name: str, params: Iterable[Tensor] | Iterable[dict], **hyperparameters: Any) -> Optimizer:
-    """Build the optimizer registered as ``name`` (``sgd, sgdm, adam, adamw, adabelief, adam3``).
+def _takes_foreach(build: Callable[..., Optimizer]) -> bool:
+    try:
+        return "foreach" in inspect.signature(build).parameters
+    except (TypeError, ValueError):
+        return False
 
-    Hyperparameters override the registered defaults and are validated first: a bad value raises a
-    ``ValueError`` naming it and the accepted range, an unknown name one that lists the known names.
-    ``betas`` may be a list (as configuration files give it).
+
+def create_optimizer(
+    name: str,
+    params: nn.Module | Iterable[Tensor] | Iterable[dict],
+    *,
+    foreach: bool | None = None,
+    **hyperparameters: Any,
+) -> Optimizer:
+    """Build the optimizer registered as ``name`` (see ``OPTIMIZERS``).
+
+    ``params`` is the model (then an entry with ``param_groups`` splits it, e.g. Muon's hidden matrices from
+    the rest) or its parameters / parameter groups. Hyperparameters override the entry's defaults and are
+    validated first: a bad value raises ``ValueError`` naming it and what is accepted; an unknown name lists
+    the known ones; a missing optional package raises :class:`MissingExtraError` naming the extra. Tuples may
+    be lists (as configuration files give them). ``foreach`` (multi-tensor kernels) is passed to classes that
+    take it and ignored by the others.
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}: known optimizers are {sorted(OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {name!r}: known optimizers are {', '.join(OPTIMIZERS)}")
     spec = OPTIMIZERS[name]
+    _validate(name, spec, hyperparameters)
     hp = {**spec.defaults, **hyperparameters}
-    _validate(name, spec, hp)
-    if "betas" in hp:
-        hp["betas"] = tuple(float(b) for b in hp["betas"])
-    return spec.cls(params, **hp)
+    hp = {k: tuple(v) if isinstance(v, list) else v for k, v in hp.items()}
+    if isinstance(params, nn.Module):
+        params = spec.param_groups(params) if spec.param_groups else params.parameters()
+    if foreach is not None and _takes_foreach(spec.build):
+        hp["foreach"] = foreach
+    return spec.build(params, **hp)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from xgrad.optim import factory as optimizer_registry
+
 __all__ = [
     "OPTIMIZER_ORDER",
     "fmt_diff",
@@ -33,15 +35,9 @@ MODELS = {
     "lstm": "LSTM",
     "awd_lstm": "AWD-LSTM",
 }
-OPTIMIZERS = {
-    "sgd": "SGD",
-    "sgdm": "SGDM",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "adabelief": "AdaBelief",
-    "adam3": "AdaM3",
-}
-# Table rows and colours follow this order (the README's), so every table and figure lists optimizers alike.
+# Display names from the optimizer registry (each entry's label). Table rows and colours follow the registry's
+# order (the README's), so every table and figure lists optimizers alike.
+OPTIMIZERS = {name: spec.label for name, spec in optimizer_registry.OPTIMIZERS.items()}
 OPTIMIZER_ORDER = list(OPTIMIZERS)
 
 
