@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +87,19 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
         text=True,
         timeout=timeout,
     )
+
+
+class JobClock(Callback):
+    """Hydra callback, run inside each job's process: writes ``job_clock.json`` in the job's folder with the job's
+    start and end times and its ``CUDA_VISIBLE_DEVICES`` (``+hydra.callbacks.clock._target_=tests.conftest.JobClock``).
+    """
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.start = time.time()
+
+    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+        record = {"start": self.start, "end": time.time(), "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        (Path(config.hydra.runtime.output_dir) / "job_clock.json").write_text(json.dumps(record))
 
 
 @pytest.fixture

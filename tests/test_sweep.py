@@ -90,17 +90,88 @@ def test_cluster_launcher_configs_compose(launcher):
         cfg = compose("config", overrides=[f"hydra/launcher={launcher}", "sweep=cifar10_paper"],
                       return_hydra_config=True)  # fmt: skip
     target = cfg.hydra.launcher._target_
-    assert target.endswith("SlurmLauncher" if launcher == "slurm" else "LocalLauncher")
-    assert cfg.hydra.launcher.gpus_per_node == 1
+    if launcher == "slurm":  # the scheduler gives each job (one task) one GPU
+        assert target.endswith("SlurmLauncher")
+        assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.tasks_per_node == 1
+    else:
+        assert target == "hydra_plugins.xgrad_launcher.gpus_local.GPUPoolLauncher"
+        assert cfg.hydra.launcher.gpus is None
+
+
+def _job_clocks(sweep: Path) -> list[tuple[float, float, str]]:
+    """(start, end, visible devices) of every job of ``sweep``, from its summary.json and JobClock's record."""
+    jobs = []
+    for key, summary in _summaries(sweep).items():
+        clock = json.loads((sweep / key / "job_clock.json").read_text())
+        assert summary["status"] == "completed" and summary["visible_devices"] == clock["visible_devices"]
+        jobs.append((clock["start"], clock["end"], summary["visible_devices"]))
+    return jobs
+
+
+def _assert_one_gpu_per_running_job(jobs: list[tuple[float, float, str]], gpus: int) -> None:
+    for i, (start_a, end_a, gpu_a) in enumerate(jobs):
+        for start_b, end_b, gpu_b in jobs[i + 1 :]:
+            if start_a < end_b and start_b < end_a:  # ran at the same time
+                assert gpu_a != gpu_b, jobs
+    at_once = max(sum(s <= start < e for s, e, _ in jobs) for start, _, _ in jobs)
+    assert at_once == gpus, jobs  # never more jobs than GPUs, and every GPU in use
+
+
+def test_gpus_local_runs_one_job_per_gpu_at_a_time(tmp_path):
+    pytest.importorskip("submitit")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY_1, "seed=0,1,2,3", "hydra/launcher=gpus_local", "hydra.launcher.gpus=2",
+                    "+hydra.callbacks.clock._target_=tests.conftest.JobClock", f"hydra.sweep.dir={sweep}"],
+                   tmp_path, env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = _job_clocks(sweep)
+    assert len(jobs) == 4 and {gpu for _, _, gpu in jobs} == {"0", "1"}
+    _assert_one_gpu_per_running_job(jobs, gpus=2)
+
+
+def test_gpu_pool(monkeypatch):
+    from hydra_plugins.xgrad_launcher.gpus_local import gpu_pool
+
+    assert gpu_pool(3) == [0, 1, 2] and gpu_pool([2, 0]) == [2, 0]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert gpu_pool(None) == [2, 3]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_pool(None) == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert gpu_pool(None) == list(range(torch.cuda.device_count()))
+    for bad in (0, -1, True, 1.5, [], [0, 0], [-1], "0,1"):
+        with pytest.raises(ValueError, match=r"hydra\.launcher\.gpus"):
+            gpu_pool(bad)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-8a1b")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        gpu_pool(None)
+
+
+def test_gpus_local_rejects_a_bad_gpu_list_before_writing_anything(tmp_path):
+    pytest.importorskip("submitit")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY_1, "hydra/launcher=gpus_local", "hydra.launcher.gpus=[1,1]",
+                    f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and not sweep.exists()
+    assert proc.stderr.strip().splitlines() == [
+        "error: invalid hydra.launcher.gpus=[1, 1]: accepted null (all visible GPUs), a count >= 1, or a list of "
+        "distinct GPU ids >= 0"
+    ]
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two or more GPUs")
 def test_one_gpu_per_job_on_a_multi_gpu_machine(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", *TINY_1, "device=cuda", "seed=0,1", "hydra/launcher=gpus_local",
-                    f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    gpus = torch.cuda.device_count()
+    seeds = ",".join(str(i) for i in range(2 * gpus))
+    proc = run_cli(["-m", *TINY_1, "device=cuda", f"seed={seeds}", "hydra/launcher=gpus_local",
+                    "+hydra.callbacks.clock._target_=tests.conftest.JobClock", f"hydra.sweep.dir={sweep}"],
+                   tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert all(s["status"] == "completed" for s in _summaries(sweep).values())
+    jobs = _job_clocks(sweep)
+    assert {gpu for _, _, gpu in jobs} == {str(i) for i in range(gpus)}
+    assert all(s["device"].startswith("cuda") for s in _summaries(sweep).values())
+    _assert_one_gpu_per_running_job(jobs, gpus=gpus)
 
 
 def test_wandb_sweep_file_runs_its_command_offline(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import resource
 import subprocess
@@ -384,6 +385,7 @@ class Trainer:
             wall_seconds=progress.wall_seconds + (time.perf_counter() - self.started),
             train_seconds=progress.train_seconds,
             peak_memory_bytes=peak_memory_bytes(self.runtime.device),
+            visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),  # the GPU(s) a launcher gave this job
             device=str(self.runtime.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available()
                                                and self.runtime.device.type == "cuda" else ""),
         )  # fmt: skip
