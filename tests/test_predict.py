@@ -180,8 +180,12 @@ def test_predict_twice_or_restore_without_predict_raises():
 
 def test_unsupported_optimizer_and_bad_settings():
     params = make_params()
-    with pytest.raises(TypeError, match=r"RMSprop.*supported optimizers:.*AdamW"):
-        WeightPredictor(torch.optim.RMSprop(params))
+    with pytest.raises(TypeError, match=r"RMSprop.*supported optimizers:.*AdamW.*extrapolate"):
+        WeightPredictor(torch.optim.RMSprop(params), method="rule")
+    assert WeightPredictor(torch.optim.RMSprop(params)).method == "extrapolate"  # auto: no rule, so extrapolation
+    assert WeightPredictor(torch.optim.Adam(params)).method == "rule"
+    with pytest.raises(ValueError, match=r"method='extra'.*'auto'.*'rule'.*'extrapolate'"):
+        WeightPredictor(torch.optim.Adam(params), method="extra")
     with pytest.raises(ValueError, match="momentum=0"):
         WeightPredictor(torch.optim.SGD(params, lr=0.1))
     for bad in (-1, float("nan"), float("inf")):

@@ -8,7 +8,7 @@ The method needs only torch::
 The experiment suite (``xgrad.run``, ``xgrad.report``, data, models) builds on it and is imported only on use.
 """
 
-from .predict import WeightPredictor, register_rule, supported_optimizers
+from .predict import PREDICTION_METHODS, WeightPredictor, register_rule, supported_optimizers
 
-__all__ = ["WeightPredictor", "__version__", "register_rule", "supported_optimizers"]
+__all__ = ["PREDICTION_METHODS", "WeightPredictor", "__version__", "register_rule", "supported_optimizers"]
 __version__ = "0.1.0"

@@ -5,6 +5,14 @@ Before a mini-batch the parameters ``theta`` are replaced by the predicted weigh
 from its current state and ``s`` is the prediction horizon; after backward, ``theta`` comes back and the
 optimizer steps with the gradients taken at ``theta_hat``.
 
+Two ways to get ``theta_hat`` (``method=``). ``"rule"``: a rule registered for the optimizer's class computes
+``Delta`` from the optimizer's state. ``"extrapolate"``, for any optimizer: the rules' ``Delta`` is exactly the
+state that made the last step, so ``theta_hat`` is the last update repeated, scaled by the change of the learning
+rate: ``theta_t + s * (lr_next / lr_last) * (theta_t - theta_{t-1})`` (a decoupled weight decay taken out of the
+last update and, with ``include_weight_decay``, put back at ``lr_next``). A step pre-hook saves ``theta_{t-1}``
+into the spare buffer and ``predict()`` combines it with ``theta_t`` in place. ``"auto"`` (the default) uses the
+rule where there is one.
+
 How it is made cheap: each parameter gets one spare buffer (allocated once). ``predict()`` writes
 ``theta_hat`` into the spares with multi-tensor (``torch._foreach_*``) kernels, grouped by device and dtype,
 and then swaps storage (``p.data = spare``) so the parameters *are* the predicted weights; ``restore()`` swaps
@@ -23,9 +31,10 @@ import itertools
 import math
 import types
 import warnings
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
@@ -35,7 +44,10 @@ from torch.optim import Optimizer
 
 from .optim import AdaBelief, AdaM3
 
-__all__ = ["PredictionBatch", "WeightPredictor", "register_rule", "supported_optimizers"]
+__all__ = ["PREDICTION_METHODS", "PredictionBatch", "WeightPredictor", "register_rule", "supported_optimizers"]
+
+#: The accepted values of ``WeightPredictor(method=...)``.
+PREDICTION_METHODS = ("auto", "rule", "extrapolate")
 
 
 @dataclass
@@ -109,14 +121,31 @@ def supported_optimizers() -> list[str]:
     return sorted({f"{cls.__module__}.{cls.__qualname__}" for cls in _RULES})
 
 
+def _registered_rule(optimizer: Optimizer) -> _Rule | None:
+    return next((_RULES[cls] for cls in type(optimizer).__mro__ if cls in _RULES), None)
+
+
 def _find_rule(optimizer: Optimizer) -> _Rule:
-    for cls in type(optimizer).__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    raise TypeError(
-        f"no weight-prediction rule for {type(optimizer).__name__}; supported optimizers: "
-        f"{', '.join(supported_optimizers())} (add one with xgrad.predict.register_rule)"
-    )
+    rule = _registered_rule(optimizer)
+    if rule is None:
+        raise TypeError(
+            f"no weight-prediction rule for {type(optimizer).__name__}; supported optimizers: "
+            f"{', '.join(supported_optimizers())} (add one with xgrad.predict.register_rule, or predict any "
+            "optimizer with method='extrapolate')"
+        )
+    return rule
+
+
+def _resolve_method(optimizer: Optimizer, method: str) -> str:
+    """``"rule"`` or ``"extrapolate"``: ``"auto"`` is the rule where one is registered, else extrapolation."""
+    if method not in PREDICTION_METHODS:
+        raise ValueError(
+            f"invalid method={method!r}: accepted 'auto' (the optimizer's rule if registered, else extrapolation), "
+            "'rule' (the registered rule) or 'extrapolate' (repeat the last update, any optimizer)"
+        )
+    if method == "auto":
+        return "rule" if _registered_rule(optimizer) is not None else "extrapolate"
+    return method
 
 
 # --------------------------------------------------------------------------------------------- rules
@@ -257,8 +286,17 @@ def _predict_in_step_order(
 
 def _decoupled(batch: PredictionBatch) -> bool:
     """Whether the group's weight decay is decoupled (AdamW-style) rather than L2 inside the gradient."""
-    default = isinstance(batch.optimizer, torch.optim.AdamW)  # torch versions whose AdamW groups lack the key
-    return bool(batch.group.get("decoupled_weight_decay", default))
+    return _is_decoupled(batch.optimizer, batch.group)
+
+
+def _is_decoupled(optimizer: Optimizer | None, group: dict[str, Any]) -> bool:
+    default = isinstance(optimizer, torch.optim.AdamW)  # torch versions whose AdamW groups lack the key
+    return bool(group.get("decoupled_weight_decay", default))
+
+
+def _decoupled_weight_decay(optimizer: Optimizer, group: dict[str, Any]) -> float:
+    """The group's decoupled weight decay coefficient, 0 where the group declares none (or an L2 decay)."""
+    return float(group.get("weight_decay", 0.0)) if _is_decoupled(optimizer, group) else 0.0
 
 
 def _adam_kernel(params, exp_avgs, seconds, outs, scale, eps, decay):
@@ -312,6 +350,54 @@ adam3_rule = register_rule(AdaM3, state_key="exp_avg")(_adaptive_rule(eps_outsid
 adam3_rule.__doc__ = """AdaM3: ``Delta = m_hat / sqrt(v_hat)`` with ``v`` the EMA of ``m**2`` (eps inside)."""
 
 
+# --------------------------------------------------------------------------------------------- extrapolation
+
+
+@dataclass
+class _LastStep:
+    """What the optimizer's last step was for one param group, recorded by the step pre-hook before it ran."""
+
+    lr: float
+    #: The decoupled weight decay the step applied (``theta *= 1 - lr * weight_decay``); 0 if none.
+    weight_decay: float
+    #: Per parameter of the group: whether the step could change it (optimizers skip parameters without a grad).
+    moved: list[bool]
+    #: Set by GradScaler for a fused optimizer, which then skips the step on the device when it is nonzero.
+    found_inf: Tensor | None = None
+
+
+def _extrapolate_group(
+    previous: list[Tensor], params: list[Tensor], last: _LastStep, lr_next: float, steps: float, decay_next: float
+) -> None:
+    """Write ``theta_hat`` over ``previous`` (which holds ``theta_{t-1}``) for parameters at ``theta_t``.
+
+    The last step made ``theta_t = rho * theta_{t-1} - lr_last * Delta`` with ``rho = 1 - lr_last * wd``; the
+    rule's prediction ``theta_hat = delta * theta_t - s * lr_next * Delta`` (``delta = 1 - s * lr_next * wd_next``
+    when the decay is predicted, else 1) is then, with ``r = s * lr_next / lr_last``,
+    ``(delta + r) * theta_t - r * rho * theta_{t-1}``. Without a decay in play the two weights sum to 1 and this is
+    one ``lerp``: ``theta_{t-1} + (1 + r) * (theta_t - theta_{t-1}) = theta_t + r * (theta_t - theta_{t-1})``.
+    """
+    r = steps * lr_next / last.lr
+    rho, delta = 1.0 - last.lr * last.weight_decay, 1.0 - steps * lr_next * decay_next
+    previous, params = [_real(t) for t in previous], [_real(t) for t in params]
+    if last.weight_decay == 0.0 and decay_next == 0.0:
+        torch._foreach_lerp_(previous, params, 1.0 + r)
+    else:
+        torch._foreach_mul_(previous, -r * rho)
+        torch._foreach_add_(previous, params, alpha=delta + r)
+
+
+def _save_previous_hook(predictor_ref: weakref.ReferenceType) -> Callable[..., None]:
+    """A step pre-hook that does not keep the predictor alive (a dropped predictor costs the optimizer nothing)."""
+
+    def hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+        predictor = predictor_ref()
+        if predictor is not None:
+            predictor._save_previous()
+
+    return hook
+
+
 # --------------------------------------------------------------------------------------------- predictor
 
 
@@ -358,7 +444,7 @@ class _FlatBuffer:
 
 
 def _layout(p: Tensor) -> tuple:
-    return p.shape, p.stride(), p.storage_offset()
+    return p.device, p.dtype, p.shape, p.stride(), p.storage_offset()
 
 
 def _extent(p: Tensor) -> int:
@@ -420,7 +506,8 @@ class WeightPredictor:
     """Swap an optimizer's parameters for their predicted values around forward and backward.
 
     ``theta_hat = theta - steps * lr * Delta``, with ``Delta`` the update direction of the optimizer's rule at
-    its current state (see the registered rules: SGD with momentum, Adam, AdamW, AdaBelief, AdaM3)::
+    its current state (see the registered rules: SGD with momentum, Adam, AdamW, AdaBelief, AdaM3), or, for any
+    optimizer, the last update extrapolated (``method="extrapolate"``)::
 
         predictor = WeightPredictor(optimizer, steps=1)
         for x, y in loader:
@@ -433,30 +520,66 @@ class WeightPredictor:
     inside one ``with`` block. Evaluate and save checkpoints outside it (inside, ``model.state_dict()`` holds
     the predicted weights). Backward must also finish inside the block.
 
+    Extrapolation predicts, per param group, ``theta_t + s * (lr_next / lr_last) * (theta_t - theta_{t-1})``:
+    ``lr_last`` is the group's lr when the last ``optimizer.step()`` started (recorded by a step pre-hook, which
+    also saves ``theta_{t-1}`` into the spare buffer), ``lr_next`` its lr when ``predict()`` is called (after the
+    scheduler's step: the lr of the step being predicted). For the registered optimizers (SGD with momentum
+    without nesterov, Adam, AdamW, AdaBelief, AdaM3) this equals the rule to round-off. A decoupled weight decay
+    declared by the group (AdamW, ``decoupled_weight_decay=True``) is taken out of the last update and handled as
+    ``include_weight_decay`` says; an undeclared one (e.g. torch's Muon) stays part of the repeated update.
+    Nothing moves before the first step, for a group whose last lr was 0, for a parameter without a gradient at
+    the last step, after a step that GradScaler skipped, and in a second ``predict()`` before the next step
+    (with no step since, there is no new update to repeat). Memory: the same one spare copy, for every parameter
+    of the optimizer; ``state_dict()`` then carries ``theta_{t-1}`` (one copy of the parameters) so that a resumed
+    run predicts bit-exactly as an uninterrupted one.
+
+    ``steps`` may be fractional: the prediction is linear in ``s`` (``s = 0.5`` is half of one update, ``s = 2``
+    the same update twice), for both methods.
+
     Args:
-        optimizer: an optimizer with a registered rule; anything else raises ``TypeError``.
+        optimizer: the optimizer to predict for.
         steps: the prediction horizon ``s >= 0``; 0 turns prediction off at no cost (no buffers).
         include_weight_decay: also predict a decoupled weight decay,
             ``theta_hat = theta * (1 - s * lr * wd) - s * lr * Delta`` (off by default, as in the paper).
         compile: fuse the Adam-family prediction into one ``torch.compile`` kernel per parameter group, device
             and dtype (about 2x faster than the default multi-tensor kernels; costs seconds of compilation per
-            process and needs a working ``torch.compile``, else it warns and falls back). SGD is unaffected.
+            process and needs a working ``torch.compile``, else it warns and falls back). SGD and extrapolation
+            are unaffected.
+        method: ``"auto"`` (the registered rule where there is one, else extrapolation), ``"rule"`` (the
+            registered rule; ``TypeError`` for an optimizer without one) or ``"extrapolate"``.
     """
 
     def __init__(
-        self, optimizer: Optimizer, steps: float = 1.0, include_weight_decay: bool = False, compile: bool = False
+        self,
+        optimizer: Optimizer,
+        steps: float = 1.0,
+        include_weight_decay: bool = False,
+        compile: bool = False,
+        method: str = "auto",
     ) -> None:
         self.optimizer = optimizer
         self.compile = bool(compile)
-        self._rule = _find_rule(optimizer)
+        self._method = _resolve_method(optimizer, method)
+        self._rule = _find_rule(optimizer) if self._method == "rule" else None
         self._steps = _validate_steps(steps)
         self.include_weight_decay = bool(include_weight_decay)
         self._buffers: dict[tuple, _FlatBuffer] = {}
         self._caches: dict[tuple, dict[str, Any]] = defaultdict(dict)
         self._swapped: list[tuple[Tensor, Tensor]] = []
         self._active = False
+        # Extrapolation: the spare of each parameter while it holds theta_{t-1}, and the last step per group index.
+        self._previous: dict[int, tuple[tuple, Tensor]] = {}
+        self._last: dict[int, _LastStep] = {}
+        if self._method == "extrapolate":
+            handle = optimizer.register_step_pre_hook(_save_previous_hook(weakref.ref(self)))
+            weakref.finalize(self, handle.remove)
         if self._steps > 0:
             self._check_groups()
+
+    @property
+    def method(self) -> str:
+        """How the predicted weights are computed: ``"rule"`` or ``"extrapolate"`` (``"auto"`` resolved)."""
+        return self._method
 
     @property
     def steps(self) -> float:
@@ -474,7 +597,7 @@ class WeightPredictor:
         return sum(b.flat.numel() * b.flat.element_size() for b in self._buffers.values())
 
     def _check_groups(self) -> None:
-        if self._rule.check_group is not None:
+        if self._rule is not None and self._rule.check_group is not None:
             for group in self.optimizer.param_groups:
                 self._rule.check_group(group)
 
@@ -526,17 +649,66 @@ class WeightPredictor:
                 batches.append((batch, ps, views))
         return batches
 
+    def _predict_by_rule(self) -> list[tuple[Tensor, Tensor]]:
+        self._check_groups()
+        swapped = []
+        for batch, params, spares in self._batches():
+            self._rule.fn(batch)
+            swapped.extend(zip(params, spares))
+        return swapped
+
+    @torch.no_grad()
+    def _save_previous(self) -> None:
+        """Step pre-hook of extrapolation: keep theta_{t-1} in the spares and record what this step is."""
+        if self._steps == 0:
+            return
+        if self._active:
+            raise RuntimeError("optimizer.step() while the parameters hold predicted weights: call restore() first")
+        groups = self.optimizer.param_groups
+        self._previous = self._spares([g["params"] for g in groups])
+        for buffer in self._buffers.values():
+            torch._foreach_copy_(buffer.views, buffer.params)
+        found_inf = getattr(self.optimizer, "found_inf", None)
+        self._last = {}
+        for index, g in enumerate(groups):
+            moved = [p.grad is not None for p in g["params"]]
+            self._last[index] = _LastStep(float(g["lr"]), _decoupled_weight_decay(self.optimizer, g), moved, found_inf)
+
+    def _extrapolate(self) -> list[tuple[Tensor, Tensor]]:
+        """Turn the spares' theta_{t-1} into theta_hat in place; the (parameter, spare) pairs to swap."""
+        previous, self._previous = self._previous, {}  # used up: a second prediction before a step moves nothing
+        intact = {key for key, buffer in self._buffers.items() if buffer.fits(buffer.params)}
+        swapped = []
+        for index, last in self._last.items():
+            group = self.optimizer.param_groups[index]
+            moved = []
+            for p, stepped in zip(group["params"], last.moved):
+                key, spare = previous.get(id(p), (None, None))
+                if key in intact:  # else the parameter changed layout or device since the step: leave it be
+                    swapped.append((p, spare))
+                    if stepped:
+                        moved.append((p, spare))
+            lr_next = float(group["lr"])
+            decay_next = _decoupled_weight_decay(self.optimizer, group) if self.include_weight_decay else 0.0
+            # A skipped step left theta_t == theta_{t-1}, which extrapolates to theta_t unless a decay is in play.
+            skipped = last.found_inf is not None and (last.weight_decay or decay_next) and bool(last.found_inf)
+            if not moved or last.lr == 0.0 or skipped:
+                continue  # the spares hold theta_t already: the last step did not move these parameters
+            by_kind: dict[tuple, list[tuple[Tensor, Tensor]]] = defaultdict(list)
+            for p, spare in moved:
+                by_kind[(p.device, p.dtype)].append((p, spare))
+            for kind in by_kind.values():
+                params, spares = zip(*kind)
+                _extrapolate_group(list(spares), list(params), last, lr_next, self._steps, decay_next)
+        return swapped
+
     @torch.no_grad()
     def predict(self) -> None:
         """Replace the parameters by their predicted weights (raises if they already hold them)."""
         if self._active:
             raise RuntimeError("predict() called twice without restore(): the parameters already hold predictions")
         if self._steps > 0:
-            self._check_groups()
-            swapped = []
-            for batch, params, spares in self._batches():
-                self._rule.fn(batch)
-                swapped.extend(zip(params, spares))
+            swapped = self._predict_by_rule() if self._rule is not None else self._extrapolate()
             for p, predicted in swapped:
                 theta = p.data
                 p.data = predicted
@@ -566,21 +738,52 @@ class WeightPredictor:
         self.restore()
 
     def state_dict(self) -> dict[str, Any]:
-        """Settings to checkpoint (the prediction itself is derived from the optimizer's state)."""
-        return {"steps": self._steps, "include_weight_decay": self.include_weight_decay}
+        """What to checkpoint: the settings and, for extrapolation, theta_{t-1} and the last step's lr.
 
+        The rule's prediction is derived from the optimizer's state. Extrapolation's ``"previous"`` holds the
+        spares' theta_{t-1} of every parameter in the optimizer's order (None before the first step and after a
+        prediction): live views, like the optimizer's state dict, to be saved before training goes on.
+        """
+        state = {"method": self._method, "steps": self._steps, "include_weight_decay": self.include_weight_decay}
+        if self._method == "extrapolate":
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            previous = [self._previous[id(p)][1] if id(p) in self._previous else None for p in params]
+            state["previous"] = previous if self._previous else None
+            groups = range(len(self.optimizer.param_groups))
+            state["last_step"] = [asdict(self._last[i]) if i in self._last else None for i in groups]
+        return state
+
+    @torch.no_grad()
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore settings saved by :meth:`state_dict`."""
+        """Restore what :meth:`state_dict` saved (a checkpoint of another method raises ``ValueError``)."""
         if self._active:
             raise RuntimeError("cannot load a state while the parameters hold predicted weights")
+        saved = state.get("method", "rule")  # checkpoints from before extrapolation existed
+        if saved != self._method:
+            raise ValueError(f"the checkpoint predicts with method={saved!r}, this predictor with {self._method!r}")
         self._steps = _validate_steps(state["steps"])
         self.include_weight_decay = bool(state["include_weight_decay"])
+        self._previous, self._last = {}, {}
         if self._steps == 0:  # prediction off: no buffers, as when built with steps=0
             self._buffers.clear()
             self._caches.clear()
+        elif state.get("previous") is not None:
+            groups = self.optimizer.param_groups
+            last = [None if d is None else _LastStep(**d) for d in state["last_step"]]
+            params = [p for g in groups for p in g["params"]]
+            if len(last) != len(groups) or len(state["previous"]) != len(params):
+                raise ValueError(
+                    f"the checkpoint's predictor has {len(last)} param groups and {len(state['previous'])} "
+                    f"parameters, the optimizer {len(groups)} and {len(params)}"
+                )
+            self._previous = self._spares([g["params"] if last[i] else [] for i, g in enumerate(groups)])
+            for p, theta in zip(params, state["previous"]):
+                if id(p) in self._previous:
+                    self._previous[id(p)][1].copy_(theta)
+            self._last = {i: step for i, step in enumerate(last) if step is not None}
 
     def __repr__(self) -> str:
         return (
-            f"WeightPredictor({type(self.optimizer).__name__}, steps={self._steps:g}, "
+            f"WeightPredictor({type(self.optimizer).__name__}, steps={self._steps:g}, method={self._method!r}, "
             f"include_weight_decay={self.include_weight_decay}, compile={self.compile})"
         )
