@@ -186,8 +186,9 @@ def test_unsupported_optimizer_and_bad_settings():
     assert WeightPredictor(torch.optim.Adam(params)).method == "rule"
     with pytest.raises(ValueError, match=r"method='extra'.*'auto'.*'rule'.*'extrapolate'"):
         WeightPredictor(torch.optim.Adam(params), method="extra")
-    with pytest.raises(ValueError, match="momentum=0"):
+    with pytest.raises(ValueError, match=r"momentum=0.*method='extrapolate'"):
         WeightPredictor(torch.optim.SGD(params, lr=0.1))
+    assert WeightPredictor(torch.optim.SGD(params, lr=0.1), method="extrapolate").method == "extrapolate"
     for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="steps"):
             WeightPredictor(torch.optim.Adam(params), steps=bad)

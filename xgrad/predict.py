@@ -154,7 +154,8 @@ def _resolve_method(optimizer: Optimizer, method: str) -> str:
 def _check_sgd_group(group: dict[str, Any]) -> None:
     if float(group["momentum"]) == 0.0:
         raise ValueError(
-            "SGD with momentum=0 has no update direction to predict from: use momentum in (0, 1) or steps=0"
+            "SGD with momentum=0 has no update direction for its rule to predict from: use momentum in (0, 1), "
+            "method='extrapolate' (repeat the last gradient step) or steps=0"
         )
 
 
