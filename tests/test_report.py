@@ -450,3 +450,15 @@ def test_out_that_is_a_file_or_unwritable_is_one_line(tmp_path: Path, capsys: py
     assert cli.main([str(runs), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith(f"error: --out {out}") and target.read_text() == "x"
+
+
+def test_seeds_group_and_runs_pair_by_identity(tmp_path: Path) -> None:
+    """Spellings of one configuration are one group; one spelling of two configurations is two."""
+    ids = {"config_id": "c1", "pair_id": "p1"}
+    a = write_run(tmp_path / "a", seed=0, curve=[0.5], **ids)
+    b = write_run(tmp_path / "b", seed=1, curve=[0.6], **ids, overrides="optimizer=sgdm,optimizer.lr=0.1")
+    frame = runs_frame(collect([a, b]).runs)
+    assert frame["group"].nunique() == 1
+    edited = write_run(tmp_path / "c", seed=1, curve=[0.7], config_id="c2", pair_id="p2")  # same overrides
+    frame = runs_frame(drop_duplicate_seeds(collect([a, edited])).runs)
+    assert len(frame) == 2 and frame["group"].nunique() == 2

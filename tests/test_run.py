@@ -269,17 +269,73 @@ def test_cli_ctrl_c_says_how_to_resume(tmp_path):
     assert read_summary(run_dir)["status"] == "interrupted"
 
 
-def test_run_name_spells_each_configuration_one_way():
-    from xgrad.run import MAX_NAME_BYTES, run_name
+def test_run_name_follows_the_resolved_configuration():
+    from hydra import initialize_config_dir
 
-    assert run_name("optimizer.lr=1e-3,predict=True") == run_name("optimizer.lr=0.001,predict=true")
-    assert run_name("optimizer.eps=1e-6") == "optimizer.eps=1e-06"  # as a sweep renders 1e-6
-    assert run_name("optimizer.betas=[0.9,.99],epochs=10") == "optimizer.betas=[0.9,0.99],epochs=10"
-    assert run_name("model=resnet20,tag=v1.2.3,data_root=/d/1.5") == "model=resnet20,tag=v1.2.3,data_root=/d/1.5"
-    assert run_name("") == "default"
-    long = ",".join(f"key{i}=value{i}" for i in range(40))
-    name = run_name(long)
-    assert len(name.encode()) <= MAX_NAME_BYTES and name.startswith("key0=value0,") and name != run_name(long + "x")
+    from xgrad.identity import MAX_NAME_BYTES, run_name
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        assert run_name(["optimizer.lr=1"]) == run_name(["optimizer.lr=1.0"]) == "optimizer.lr=1"
+        assert run_name(["optimizer.lr=1e-3", "predict=True"]) == "optimizer.lr=0.001,predict=true"
+        assert run_name(["optimizer.lr=0.001", "predict=true"]) == "optimizer.lr=0.001,predict=true"
+        # A value the preset already sets, a typed default, a group's default choice: no part of the name.
+        preset = ["experiment=cifar10_vgg11", "optimizer=adam"]
+        assert (
+            run_name([*preset, "optimizer.lr=0.001"]) == run_name(preset) == "experiment=cifar10_vgg11,optimizer=adam"
+        )
+        assert run_name(["optimizer=sgdm", "optimizer.lr=0.1", "epochs=200"]) == "default"
+        assert run_name(["optimizer=adam", "optimizer.eps=1e-6"]) == "optimizer.eps=1e-06,optimizer=adam"
+        assert run_name(["optimizer=adam", "optimizer.betas=[0.9,.99]"]) == "optimizer.betas=[0.9,0.99],optimizer=adam"
+        assert run_name(["seed=3", "device=cpu", "data_root=/d/1.5", "progress=line", "logger=wandb"]) == "default"
+        long = [f"++tag{i}=a_rather_long_value_{i}" for i in range(12)]
+        name = run_name(long)
+        assert len(name.encode()) <= MAX_NAME_BYTES and name.startswith("tag0=a_rather_long_value_0,") and "~" in name
+        assert name != run_name([*long, "++tag12=x"])
+
+
+def test_identity_leaves_out_what_does_not_change_results():
+    from xgrad.identity import identity
+
+    a = identity(make_cfg(["optimizer.lr=1"]))
+    assert a == identity(make_cfg(["optimizer.lr=1.0", "seed=4", "device=cpu", "threads=2", "progress=line"]))
+    assert a != identity(make_cfg(["optimizer.lr=1", "epochs=3"]))
+
+
+def test_a_folder_of_another_configuration_is_refused(tmp_path):
+    """Finding 1: an edited preset (adamw lr 0.001 -> 0.05) re-run into the folder said "already completed"."""
+    from xgrad.errors import ConfigMismatch
+    from xgrad.rundir import read_config
+
+    first = [*TINY, "epochs=1", "optimizer=adamw"]
+    assert train(make_cfg(first), tmp_path).status == "completed"
+    summary = (tmp_path / "summary.json").read_text()
+    assert read_config(tmp_path)["optimizer"]["lr"] == 0.001
+    edited = [*first, "optimizer.lr=0.05"]  # what the edited preset gives
+    with pytest.raises(ConfigMismatch, match=r"optimizer\.lr: 0\.001 there, 0\.05 now.*resume=false"):
+        train(make_cfg(edited), tmp_path)
+    assert read_config(tmp_path)["optimizer"]["lr"] == 0.001 and (tmp_path / "summary.json").read_text() == summary
+    # Half-finished: it would have resumed with the checkpoint's lr under a config that says otherwise.
+    (tmp_path / "summary.json").write_text(summary.replace('"completed"', '"running"'))
+    with pytest.raises(ConfigMismatch):
+        train(make_cfg(edited), tmp_path)
+    # resume=false starts the run over in place, under the new configuration.
+    assert train(make_cfg([*edited, "resume=false"]), tmp_path).status == "completed"
+    assert read_config(tmp_path)["optimizer"]["lr"] == 0.05
+
+
+def test_cli_one_folder_per_configuration_and_refusal(tmp_path):
+    args = [*TINY, "epochs=1"]
+    assert run_cli([*args, "optimizer.lr=1e-2"], tmp_path).returncode == 0
+    again = run_cli([*args, "optimizer.lr=0.010"], tmp_path)  # the same run, spelled differently
+    assert again.returncode == 0 and "already completed" in again.stdout
+    (folder,) = (tmp_path / "outputs" / "runs").glob("*/seed=0")
+    assert "optimizer.lr=0.01" in folder.parent.name
+    recorded = (folder / "config.yaml").read_text()
+    other = run_cli([*args, "optimizer.lr=0.05", f"hydra.run.dir='{folder}'"], tmp_path)
+    assert other.returncode == 2
+    line = _one_line_error(other)
+    assert "optimizer.lr: 0.01 there, 0.05 now" in line and "resume=false" in line
+    assert (folder / "config.yaml").read_text() == recorded and (folder / "summary.json").exists()
 
 
 def test_cli_long_overrides_get_a_short_folder_name(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import traceback
 
-__all__ = ["ConfigError", "ResumeError", "error_text"]
+__all__ = ["ConfigError", "ConfigMismatch", "FolderInUse", "ResumeError", "RunFolderError", "error_text"]
 
 
 class ConfigError(ValueError):
@@ -13,6 +13,18 @@ class ConfigError(ValueError):
 
 class ResumeError(RuntimeError):
     """A run folder's checkpoint cannot be resumed from; the message says how to start over."""
+
+
+class RunFolderError(RuntimeError):
+    """The run folder belongs to something else (another configuration, another process): nothing is written."""
+
+
+class ConfigMismatch(RunFolderError):
+    """The run folder holds a run of another configuration; the message lists the differing keys."""
+
+
+class FolderInUse(RunFolderError):
+    """Another process is running in the run folder; the message says which (pid, host)."""
 
 
 def error_text(error: BaseException) -> str:

@@ -9,10 +9,8 @@ Examples::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -23,34 +21,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from xgrad.data import DataError
-from xgrad.errors import ConfigError, ResumeError, error_text
+from xgrad.errors import ConfigError, ResumeError, RunFolderError, error_text
+from xgrad.identity import run_name
 from xgrad.rundir import SUMMARY, read_summary_if_valid, write_summary
 from xgrad.trainer import base_summary, train
 
 log = logging.getLogger("xgrad")
 
 
-_NUMBER = re.compile(r"(?<=[=,\[])[-+]?(?:\d+\.\d*|\.\d+|\d+(?=[eE]))(?:[eE][-+]?\d+)?(?=[,\]]|$)")
-MAX_NAME_BYTES = 200  # file systems allow 255 bytes per folder name
-
-
-def run_name(overrides: str) -> str:
-    """The folder name for Hydra's override dirname, one spelling per configuration.
-
-    A sweep renders values the way Python prints them (``predict=False``, ``optimizer.lr=0.001``) where a command
-    line keeps what was typed (``predict=false``, ``optimizer.lr=1e-3``): booleans become lower case and decimal
-    numbers Python's spelling, so both land in the same folder. A name too long for the file system keeps its
-    first part and a hash of the whole. No overrides: ``default``.
-    """
-    name = re.sub(r"=(True|False)(?=,|$)", lambda m: "=" + m.group(1).lower(), overrides)
-    name = _NUMBER.sub(lambda m: repr(float(m.group(0))), name)
-    if len(name.encode()) > MAX_NAME_BYTES:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
-        name = name.encode()[: MAX_NAME_BYTES - 13].decode(errors="ignore") + "~" + digest
-    return name or "default"
-
-
-OmegaConf.register_new_resolver("xgrad_dirname", run_name, replace=True)
+# The folder a run goes to: the overrides that change its configuration, spelled by their resolved values.
+OmegaConf.register_new_resolver("xgrad_dirname", lambda overrides: run_name(overrides), replace=True)
 
 
 def _only_launch_files(folder: Path) -> bool:
@@ -63,12 +43,18 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry point: train ``cfg`` in its run folder; in a multirun, a failed job never stops the rest."""
     hydra_cfg = HydraConfig.get()
     folder = Path(hydra_cfg.runtime.output_dir)
-    overrides = run_name(hydra_cfg.job.override_dirname)
+    overrides = run_name(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if (folder / SUMMARY).exists():
         os.utime(folder / SUMMARY)  # marks the job as part of this launch for the sweep summary
     try:
         result = train(cfg, folder, overrides)
+    except RunFolderError as e:  # the folder is another run's: nothing in it is written or removed
+        log.error("%s", e)
+        if multirun:
+            return
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except (ConfigError, DataError, ResumeError) as e:
         log.error("%s", e)
         if multirun:  # the sweep summary lists it

@@ -17,24 +17,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 __all__ = [
     "CHECKPOINT",
+    "CONFIG",
     "METRICS",
     "SCHEMA_VERSION",
     "SUMMARY",
     "atomic_write",
+    "read_config",
     "read_metrics",
     "read_summary",
     "read_summary_if_valid",
     "remove_stale_temporaries",
     "save_checkpoint",
+    "write_config",
     "write_metrics",
     "write_summary",
 ]
 
 SCHEMA_VERSION = 1
 METRICS, SUMMARY, CHECKPOINT = "metrics.csv", "summary.json", "checkpoint.pt"
+CONFIG = "config.yaml"  # the resolved configuration the run started with; written once, when it starts
 _UMASK = os.umask(0)  # reading the umask means setting it: done once, at import, before any thread starts
 os.umask(_UMASK)
 
@@ -91,6 +96,26 @@ def read_summary_if_valid(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def write_config(folder: Path, config: dict[str, Any]) -> None:
+    """Record the resolved configuration a run starts with (``config.yaml``; never rewritten while it runs on)."""
+    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+    atomic_write(folder / CONFIG, lambda f: f.write(text.encode()))
+
+
+def read_config(folder: Path) -> dict[str, Any] | None:
+    """The recorded configuration, or None when there is none (``ValueError`` when it is not a YAML mapping)."""
+    path = folder / CONFIG
+    if not path.exists():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid YAML: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a configuration (a YAML mapping)")
+    return config
+
+
 def write_metrics(folder: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite ``metrics.csv`` with all epochs so far (one row per epoch; columns in first-seen order)."""
     columns: list[str] = []
@@ -126,7 +151,7 @@ def _parse(text: str) -> Any:
     return text if text != "" else None
 
 
-RUN_FILES = (CHECKPOINT, METRICS, SUMMARY)
+RUN_FILES = (CHECKPOINT, METRICS, SUMMARY, CONFIG)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -27,14 +27,19 @@ from torch import nn
 
 from xgrad import WeightPredictor
 from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed
-from xgrad.errors import ConfigError, ResumeError, error_text
+from xgrad.errors import ConfigError, ConfigMismatch, ResumeError, error_text
+from xgrad.identity import config_id, differences, identity, pair_id
 from xgrad.optim import OPTIMIZERS, MissingExtraError, create_optimizer
 from xgrad.rundir import (
     CHECKPOINT,
+    CONFIG,
+    METRICS,
     SCHEMA_VERSION,
+    read_config,
     read_summary,
     remove_stale_temporaries,
     save_checkpoint,
+    write_config,
     write_metrics,
     write_summary,
 )
@@ -396,6 +401,7 @@ class Trainer:
 
 def base_summary(cfg: DictConfig, overrides: str, status: str, synthetic: bool | None = None) -> dict[str, Any]:
     """The identifying part of ``summary.json``: what was run, where, with which code."""
+    ident = identity(cfg)
     return {
         "schema_version": SCHEMA_VERSION,
         "status": status,
@@ -408,6 +414,9 @@ def base_summary(cfg: DictConfig, overrides: str, status: str, synthetic: bool |
         "predict_steps": float(cfg.predict_steps) if cfg.predict and cfg.predict_steps > 0 else 0.0,
         "seed": int(cfg.seed),
         "overrides": overrides,
+        # The report groups seeds by config_id and pairs a run with its baseline by pair_id (xgrad.identity).
+        "config_id": config_id(ident),
+        "pair_id": pair_id(ident),
         "synthetic": bool(synthetic) if synthetic is not None else cfg.dataset.name.startswith("demo_"),
         "reduced_scale": bool(cfg.reduced_scale),
         "epochs": int(cfg.epochs),
@@ -424,28 +433,61 @@ def _previous_summary(folder: Path) -> dict[str, Any] | None:
         raise ResumeError(f"{e}; delete it, or set resume=false to start the run over") from None
 
 
+def _check_identity(folder: Path, cfg: DictConfig) -> bool:
+    """Refuse a folder holding a run of another configuration; return whether ``config.yaml`` is to be written.
+
+    The configuration a run started with is its ``config.yaml``; a run goes on in its folder only with the same
+    identity (:func:`xgrad.identity.identity`). With ``resume=false`` the folder's run is started over.
+    """
+    if not cfg.resume:
+        return True
+    try:
+        recorded = read_config(folder)
+    except ValueError as e:
+        raise ResumeError(f"{e}; delete it, or set resume=false to start the run over") from None
+    if recorded is None:  # a new folder (or one of a version of xgrad that did not record it): adopted
+        return True
+    diffs = differences(identity(recorded), identity(cfg))
+    if diffs:
+        shown = "; ".join(f"{k}: {_show(a)} there, {_show(b)} now" for k, a, b in diffs[:4])
+        more = f"; and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise ConfigMismatch(
+            f"{folder} holds a run of another configuration ({shown}{more}, see its {CONFIG}): set resume=false "
+            "to start it over in place, or run into another folder"
+        )
+    return False
+
+
+def _show(value: Any) -> str:
+    return "absent" if value is ... else repr(value)
+
+
 def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
     """Train ``cfg`` into ``folder``: resume if a checkpoint exists, skip if already finished.
 
-    Raises :class:`ConfigError` (nothing written) for a bad configuration; any other exception marks the run
-    ``failed`` in ``summary.json`` with the error and is re-raised.
+    Raises :class:`ConfigError` (nothing written) for a bad configuration, :class:`ConfigMismatch` (nothing
+    written) when ``folder`` holds a run of another configuration; any other exception marks the run ``failed``
+    in ``summary.json`` with the error and is re-raised.
     """
     folder = Path(folder)
     for path in remove_stale_temporaries(folder):
         log.info("removed %s, left by a write that was killed", path.name)
+    new_record = _check_identity(folder, cfg)
     previous = _previous_summary(folder) if cfg.resume else None
     if previous and previous.get("status") in ("completed", "diverged"):
-        log.info("already %s: %s (nothing to do; delete the folder or set resume=false to rerun)",
-                 previous["status"], folder)  # fmt: skip
+        log.info("already %s: %s (nothing to do; set resume=false to run it again)", previous["status"], folder)
         return RunResult(previous["status"], previous, skipped=True)
     trainer = Trainer(cfg, folder, overrides)  # validates the config first
     checkpoint = folder / CHECKPOINT
     if cfg.resume and checkpoint.exists():
         trainer.load_checkpoint(checkpoint)
         log.info("resuming %s after epoch %d", folder, trainer.progress.epoch)
-    elif checkpoint.exists():
-        checkpoint.unlink()
+    elif not cfg.resume:  # start over: nothing of the earlier run stays beside the new one
+        for name in (CHECKPOINT, METRICS):
+            (folder / name).unlink(missing_ok=True)
     main = trainer.dist.is_main
+    if main and new_record:
+        write_config(folder, OmegaConf.to_container(cfg, resolve=True))
     trackers = Trackers(cfg, folder, overrides, enabled=main)
     try:
         if main:

@@ -1,8 +1,10 @@
 """Finding run folders, reading and validating them, and putting the usable runs into one DataFrame.
 
-A run folder is any folder holding ``summary.json``; beside it ``metrics.csv`` (one row per epoch) and, when the
-runner was Hydra, ``.hydra/config.yaml``. Only ``completed`` and ``diverged`` runs are used; everything else
-(failed, still running or stopped, unreadable, wrong schema) becomes a :class:`Skipped` entry with the reason.
+A run folder is any folder holding ``summary.json``; beside it ``metrics.csv`` (one row per epoch) and
+``config.yaml`` (the resolved configuration; ``.hydra/config.yaml`` in folders of older versions). Only
+``completed`` and ``diverged`` runs are used; everything else (failed, still running or stopped, unreadable,
+wrong schema) becomes a :class:`Skipped` entry with the reason. Seeds are grouped, and runs paired with their
+baselines, by the identity the runner records (``config_id``, ``pair_id``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from xgrad.rundir import METRICS, SCHEMA_VERSION, SUMMARY
+from xgrad.rundir import CONFIG, METRICS, SCHEMA_VERSION, SUMMARY
 
 __all__ = [
     "Collection",
@@ -114,12 +116,13 @@ def read_folder(folder: Path) -> Run | Skipped:
     elif isinstance(summary, dict) and summary.get("status") == "completed":
         return Skipped(source, "corrupt: metrics.csv is missing")
     config: dict[str, Any] = {}
-    config_path = folder / ".hydra" / "config.yaml"
-    if config_path.exists():  # optional: runs started in-process (not via Hydra) have none
+    # The configuration the run started with; folders of older versions have only Hydra's copy of the last launch.
+    config_path = next((p for p in (folder / CONFIG, folder / ".hydra" / "config.yaml") if p.exists()), None)
+    if config_path is not None:  # optional: a folder may have neither
         try:
             config = yaml.safe_load(config_path.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            return Skipped(source, f"corrupt: unreadable .hydra/config.yaml ({type(e).__name__})")
+            return Skipped(source, f"corrupt: unreadable {config_path.relative_to(folder)} ({type(e).__name__})")
     return validate(source, summary, metrics, config, mtime=(folder / SUMMARY).stat().st_mtime)
 
 
@@ -268,7 +271,13 @@ def extra_overrides(overrides: str) -> tuple[str, ...]:
 
 
 def group_key(summary: dict[str, Any]) -> tuple:
-    """Every configuration choice except the seed: the runs that share it are seeds of one group."""
+    """Every configuration choice except the seed: the runs that share it are seeds of one group.
+
+    That is the run's identity (``config_id``, its resolved configuration, see xgrad.identity); summaries
+    written before it was recorded fall back to the overrides.
+    """
+    if summary.get("config_id"):
+        return ("config_id", summary["config_id"])
     return (
         summary["dataset"],
         summary["model"],
@@ -324,8 +333,30 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows)
     if not frame.empty:
+        frame["extra"] = _extra_by_identity(frame["extra"].tolist(), [r.summary.get("pair_id") for r in runs])
         frame["group"] = [group_label(row) for row in frame.itertuples()]
     return frame
+
+
+def _extra_by_identity(extras: list[tuple[str, ...]], pair_ids: list[str | None]) -> list[tuple[str, ...]]:
+    """The overrides that name each run's variant, made to follow identity (``pair_id``, when recorded).
+
+    Runs of one identity (a run and its baseline, all seeds) get one name even when their overrides were spelled
+    differently; runs of different identities that the same overrides name (a preset edited between them) get
+    the identity's short hash added, so they are never averaged or paired together.
+    """
+    first: dict[str, tuple[str, ...]] = {}
+    for extra, pid in zip(extras, pair_ids):
+        if pid:
+            first.setdefault(pid, extra)
+    named = [first[pid] if pid else extra for extra, pid in zip(extras, pair_ids)]
+    owners: dict[tuple[str, ...], set[str | None]] = {}
+    for extra, pid in zip(named, pair_ids):
+        owners.setdefault(extra, set()).add(pid)
+    return [
+        (*extra, f"config {pid[:6]}") if pid and len(owners[extra]) > 1 else extra
+        for extra, pid in zip(named, pair_ids)
+    ]
 
 
 def _scaled(value: Any, scale: float) -> float:
