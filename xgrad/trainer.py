@@ -30,6 +30,7 @@ from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup
 from xgrad.errors import ConfigError, ConfigMismatch, ResumeError, error_text
 from xgrad.identity import config_id, differences, identity, pair_id
 from xgrad.optim import OPTIMIZERS, MissingExtraError, create_optimizer
+from xgrad.prediction_error import PredictionErrorMeter
 from xgrad.rundir import (
     CHECKPOINT,
     CONFIG,
@@ -95,6 +96,9 @@ def validate_config(cfg: DictConfig) -> None:
     require(threads is None or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
             "threads", "null or an integer >= 1")  # fmt: skip
     require(cfg.progress in ("auto", "bar", "line"), "progress", "auto, bar or line")
+    every = cfg.get("prediction_error_every", 0)
+    require(isinstance(every, int) and not isinstance(every, bool) and every >= 0,
+            "prediction_error_every", "an integer >= 0 (0: off)")  # fmt: skip
     name = cfg.optimizer.name
     require(name in OPTIMIZERS, "optimizer.name", f"one of {sorted(OPTIMIZERS)}")
     if cfg.predict and cfg.predict_steps > 0 and not OPTIMIZERS[name].can_predict:
@@ -216,6 +220,10 @@ class Trainer:
             self.predictor = WeightPredictor(
                 self.optimizer, cfg.predict_steps, cfg.predict_weight_decay, compile=bool(cfg.compile)
             )
+        every = cfg.get("prediction_error_every", 0)
+        self.error_meter = None  # measures the prediction against the weights reached (xgrad.prediction_error)
+        if self.predictor and every:
+            self.error_meter = PredictionErrorMeter(self.model.parameters(), cfg.predict_steps, every)
         steps_per_epoch = math.ceil(self.task.num_batches() / cfg.grad_accum)
         try:
             self.scheduler, self.interval = create_scheduler(self.optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch)
@@ -260,13 +268,17 @@ class Trainer:
         bar = self._progress_bar(epoch)
         batches = task.train_batches(epoch)
         predictor = self.predictor or contextlib.nullcontext()
+        meter, steps = self.error_meter, math.ceil(task.num_batches() / cfg.grad_accum)
+        if meter:
+            meter.start_epoch(epoch, steps)
         check_every = 1 if self.runtime.device.type == "cpu" else 25  # avoid a host sync per step on GPU
         if self.dist.enabled:
             check_every = 0  # ranks could disagree mid-epoch; the reduced epoch totals are checked instead
-        for step in range(math.ceil(task.num_batches() / cfg.grad_accum)):
+        for step in range(steps):
             micro = [b for _, b in zip(range(cfg.grad_accum), batches)]
             self.optimizer.zero_grad(set_to_none=True)
-            with predictor:  # forward and backward of every micro-batch see the predicted weights
+            # forward and backward of every micro-batch see the predicted weights
+            with meter.around(predictor, step) if meter else predictor:
                 for i, batch in enumerate(micro):
                     loss, stats = task.train_loss(batch)
                     with self._gradient_sync(last=i == len(micro) - 1):
@@ -289,7 +301,10 @@ class Trainer:
         totals = all_reduce_sum(totals, self.dist)
         if not torch.isfinite(totals["loss_sum"]):
             raise Diverged(f"non-finite training loss in epoch {epoch + 1}")
-        return task.metrics("train", totals), int(totals["count"])
+        metrics = task.metrics("train", totals)
+        if meter:
+            metrics.update(meter.end_epoch())
+        return metrics, int(totals["count"])
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         # With accumulation, DDP only needs to average gradients after the last micro-batch.
