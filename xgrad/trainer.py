@@ -30,6 +30,7 @@ from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup
 from xgrad.errors import ConfigError, ConfigMismatch, ResumeError, error_text
 from xgrad.identity import config_id, differences, identity, pair_id
 from xgrad.optim import OPTIMIZERS, MissingExtraError, create_optimizer
+from xgrad.predict import PREDICTION_METHODS
 from xgrad.prediction_error import PredictionErrorMeter
 from xgrad.rundir import (
     CHECKPOINT,
@@ -99,13 +100,22 @@ def validate_config(cfg: DictConfig) -> None:
     every = cfg.get("prediction_error_every", 0)
     require(isinstance(every, int) and not isinstance(every, bool) and every >= 0,
             "prediction_error_every", "an integer >= 0 (0: off)")  # fmt: skip
+    method = cfg.get("predict_method", "auto")
+    require(method in PREDICTION_METHODS, "predict_method", " | ".join(PREDICTION_METHODS))
     name = cfg.optimizer.name
-    require(name in OPTIMIZERS, "optimizer.name", f"one of {sorted(OPTIMIZERS)}")
-    if cfg.predict and cfg.predict_steps > 0 and not OPTIMIZERS[name].can_predict:
-        predictable = sorted(n for n, spec in OPTIMIZERS.items() if spec.can_predict)
+    require(name in OPTIMIZERS, "optimizer.name", f"one of {', '.join(OPTIMIZERS)}")
+    spec = OPTIMIZERS[name]
+    if cfg.predict and cfg.predict_steps > 0 and method != "extrapolate" and not spec.can_predict:
+        predictable = [n for n, s in OPTIMIZERS.items() if s.can_predict]
         raise ConfigError(
-            f"predict=true with optimizer={name!r}: plain SGD (momentum 0) has no update direction to predict "
-            f"from; use one of {predictable}, or predict=false"
+            f"predict=true with optimizer={name!r}: plain SGD (momentum 0) has no update direction for a rule to "
+            f"predict from; use predict_method=extrapolate, one of {predictable}, or predict=false"
+        )
+    if cfg.predict and cfg.predict_steps > 0 and method == "rule" and spec.prediction != "rule":
+        raise ConfigError(
+            f"predict_method=rule with optimizer={name!r}: it has no prediction rule (only "
+            f"{[n for n, s in OPTIMIZERS.items() if s.prediction == 'rule']} have); use predict_method=auto or "
+            "extrapolate"
         )
 
 
@@ -218,7 +228,11 @@ class Trainer:
         self.predictor = None
         if cfg.predict and cfg.predict_steps > 0:
             self.predictor = WeightPredictor(
-                self.optimizer, cfg.predict_steps, cfg.predict_weight_decay, compile=bool(cfg.compile)
+                self.optimizer,
+                cfg.predict_steps,
+                cfg.predict_weight_decay,
+                compile=bool(cfg.compile),
+                method=cfg.get("predict_method", "auto"),
             )
         every = cfg.get("prediction_error_every", 0)
         self.error_meter = None  # measures the prediction against the weights reached (xgrad.prediction_error)
@@ -400,6 +414,7 @@ class Trainer:
             best = progress.rows[progress.best_epoch - 1]
             summary.update({f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))})
         summary["best_epoch"] = progress.best_epoch
+        summary["predict_method"] = self.predictor.method if self.predictor else None  # "auto" resolved
         summary["best_selected_on"] = self.task.eval_splits[0]
         summary.update(
             wall_seconds=progress.wall_seconds + (time.perf_counter() - self.started),

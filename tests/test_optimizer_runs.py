@@ -1,0 +1,59 @@
+"""Every optimizer in the registry trains with prediction in the suite; the predict_method key."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.conftest import TINY, make_cfg
+from xgrad.errors import ConfigError
+from xgrad.optim import OPTIMIZERS
+from xgrad.rundir import read_metrics
+from xgrad.trainer import train
+
+NEW = ["nadam", "radam", "adamax", "rmsprop", "adagrad", "adafactor", "muon", "lion", "soap", "adan"]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_each_new_optimizer_trains_with_prediction(name, tmp_path):
+    """The tiny stand-in for `python -m xgrad.run experiment=cpu_demo optimizer=NAME predict=true`."""
+    if OPTIMIZERS[name].extra:
+        pytest.importorskip("pytorch_optimizer")
+    result = train(make_cfg([*TINY, f"optimizer={name}", "predict=true"]), tmp_path)
+    assert result.status == "completed"
+    assert result.summary["predict"] and result.summary["predict_method"] == "extrapolate"
+    rows = read_metrics(tmp_path)
+    assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["prediction_error"]) for row in rows)
+    # the default sampling measures once in each 3-step epoch (SOAP's first step leaves the weights alone, so
+    # its first prediction is no move and has no cosine)
+    assert -1 <= rows[-1]["prediction_cosine"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "method", "resolved"),
+    [("sgdm", "auto", "rule"), ("sgdm", "extrapolate", "extrapolate"), ("sgd", "extrapolate", "extrapolate"),
+     ("adam", "rule", "rule"), ("nadam", "auto", "extrapolate")],
+)  # fmt: skip
+def test_predict_method_reaches_the_predictor_and_the_summary(optimizer, method, resolved, tmp_path):
+    cfg = make_cfg([*TINY, "epochs=1", f"optimizer={optimizer}", "predict=true", f"predict_method={method}"])
+    result = train(cfg, tmp_path)
+    assert result.status == "completed" and result.summary["predict_method"] == resolved
+
+
+def test_without_prediction_the_summary_has_no_method(tmp_path):
+    assert train(make_cfg([*TINY, "epochs=1"]), tmp_path).summary["predict_method"] is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["predict_method=guess"], r"invalid predict_method='guess': accepted auto \| rule \| extrapolate"),
+        (["optimizer=sgd", "predict=true"], r"optimizer='sgd'.*predict_method=extrapolate"),
+        (["optimizer=sgd", "predict=true", "predict_method=rule"], r"optimizer='sgd'"),
+        (["optimizer=nadam", "predict=true", "predict_method=rule"], r"predict_method=rule with optimizer='nadam'"),
+    ],
+)
+def test_predict_method_config_errors(overrides, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg([*TINY, *overrides]), tmp_path)
