@@ -24,7 +24,7 @@ from xgrad.report.build import with_variants
 from xgrad.report.collect import collect, drop_duplicate_seeds, runs_frame, split_overrides
 from xgrad.report.figures import convergence_figure
 from xgrad.report.reference import load_reference, match_reference
-from xgrad.report.tables import paired_test
+from xgrad.report.tables import holm, paired_test
 from xgrad.report.wandb_source import load_wandb
 
 # ----------------------------------------------------------------------------------- synthetic run folders
@@ -287,9 +287,73 @@ def test_paired_test_words() -> None:
     a, b = pd.Series([1.0, 2.0]), pd.Series([1.5, 2.5])
     assert paired_test(b, a)[2] == "too few seeds (n=2) for a test"
     a, b = pd.Series([1.0, 2.0, 3.0]), pd.Series([1.1, 2.3, 3.2])
-    p, n, words = paired_test(b, a)
+    p, n, words, _, _ = paired_test(b, a)
     assert p == pytest.approx(stats.ttest_rel(b, a).pvalue) and n == 3 and words.startswith(("yes", "no"))
     assert paired_test(pd.Series([1.0, 2.0, 3.0], index=[0, 1, 5]), a)[1] == 2  # only matching seeds pair up
+
+
+def test_paired_interval_is_scipys_t_interval() -> None:
+    """Hand-made seeds: the interval is scipy's ttest_rel interval, and the mean difference lies at its centre."""
+    without = pd.Series([60.07, 60.70, 61.04, 59.50], index=[0, 1, 2, 3])
+    with_ = pd.Series([60.30, 60.89, 61.96, 60.10], index=[0, 1, 2, 3])
+    test = paired_test(with_, without)
+    ci = stats.ttest_rel(with_.to_numpy(), without.to_numpy()).confidence_interval(0.95)
+    assert (test.low, test.high) == (pytest.approx(ci.low, rel=1e-12), pytest.approx(ci.high, rel=1e-12))
+    # by hand: d = (0.23, 0.19, 0.92, 0.60), mean 0.485, sd 0.34404..., t(0.975, 3) = 3.18245
+    d = np.array([0.23, 0.19, 0.92, 0.60])
+    assert test.low == pytest.approx(0.485 - 3.182446305 * d.std(ddof=1) / 2, abs=1e-8)
+    assert test.high == pytest.approx(0.485 + 3.182446305 * d.std(ddof=1) / 2, abs=1e-8)
+    assert math.isnan(paired_test(with_.iloc[:2], without.iloc[:2]).low)  # too few seeds: no interval
+    same = paired_test(without + 0.5, without)  # the same difference on every seed: a zero-width interval
+    assert (same.low, same.high, same.p) == (pytest.approx(0.5), pytest.approx(0.5), 0.0)
+
+
+def test_holm_adjustment_exact() -> None:
+    # p = (0.01, 0.04, 0.03, 0.005, nan): m = 4; sorted 0.005, 0.01, 0.03, 0.04 -> 4*0.005=0.02, 3*0.01=0.03,
+    # 2*0.03=0.06, 1*0.04=0.04 -> running max 0.06; NaN is no test.
+    adjusted = holm([0.01, 0.04, 0.03, 0.005, math.nan])
+    assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert math.isnan(adjusted[4])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.02]) == pytest.approx([0.02])  # one test: unchanged
+
+
+def test_table_shows_intervals_and_the_multiplicity_note(report: Path) -> None:
+    """PTB's two-horizon table has one test per column; the CIFAR table's SGDM row is the only full test there."""
+    table = pd.read_csv(report / "table_cifar10_resnet34.csv")
+    row = _row(table, "sgdm")
+    without = np.array([GRID[("sgdm", False)][s][-1] for s in range(3)]) * 100
+    with_ = np.array([GRID[("sgdm", True)][s][-1] for s in range(3)]) * 100
+    ci = stats.ttest_rel(with_, without).confidence_interval()
+    assert (row["final_ci_low"], row["final_ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert row["final_n_tests"] == 1 and row["final_p_holm"] == pytest.approx(row["final_p_value"])
+    markdown = (report / "table_cifar10_resnet34.md").read_text()
+    assert f"{with_.mean() - without.mean():+.2f} [{ci.low:+.2f}, {ci.high:+.2f}]" in markdown
+    assert "Holm" not in markdown  # one test per column: nothing to adjust
+
+
+def test_many_tests_get_holm_p_and_a_note(tmp_path: Path) -> None:
+    finals = {  # per optimizer, (without, with) final accuracies of seeds 0-2
+        "sgdm": ([0.60, 0.61, 0.62], [0.63, 0.645, 0.65]),
+        "adamw": ([0.60, 0.61, 0.62], [0.605, 0.62, 0.622]),
+        "adam": ([0.60, 0.61, 0.62], [0.59, 0.615, 0.60]),
+    }
+    for optimizer, (without, with_) in finals.items():
+        for seed in range(3):
+            write_run(tmp_path / "runs", optimizer=optimizer, seed=seed, curve=[0.5, without[seed]])
+            write_run(tmp_path / "runs", optimizer=optimizer, predict=True, seed=seed, curve=[0.5, with_[seed]])
+    assert cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "report")]) == 0
+    table = pd.read_csv(tmp_path / "report" / "table_cifar10_resnet34.csv")
+    raw = {o: stats.ttest_rel(np.array(w) * 100, np.array(wo) * 100).pvalue for o, (wo, w) in finals.items()}
+    expected = dict(zip(raw, holm(list(raw.values()))))
+    for optimizer in finals:
+        row = _row(table, optimizer)
+        assert row["final_n_tests"] == 3
+        assert row["final_p_holm"] == pytest.approx(expected[optimizer])
+        assert row["final_holds_up"].endswith(f"; Holm p={expected[optimizer]:.3f}")
+    survive = sum(p < 0.05 for p in expected.values())
+    markdown = (tmp_path / "report" / "table_cifar10_resnet34.md").read_text()
+    assert "final: 3 paired tests at once" in markdown and f"{survive} of 3 stay below 0.05" in markdown
 
 
 def test_split_overrides_keeps_lists_together() -> None:
