@@ -20,9 +20,17 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check xgrad tests scripts
 
-# The quick start: SGDM and AdamW, with and without weight prediction, on the generated demo images (CPU, no download).
+# The quick start: SGDM and AdamW, with and without weight prediction, on the generated demo images (CPU, no download),
+# then its report (convergence figure and table). DEMO_ARGS: extra overrides, e.g. DEMO_ARGS="epochs=1".
+DEMO_ARGS ?=
+DEMO_DIR ?= outputs/sweeps/demo
+DEMO_REPORT ?= outputs/demo_report
 demo: $(STAMP)
-	$(PY) -m xgrad.run -m sweep=demo
+	$(PY) -m xgrad.run -m sweep=demo hydra.sweep.dir=$(DEMO_DIR) $(DEMO_ARGS)
+	$(PY) -m xgrad.report $(DEMO_DIR) --out $(DEMO_REPORT)
+	@echo "demo report: $(DEMO_REPORT)/README.md"
+	@echo "  figure: $$(ls $(DEMO_REPORT)/convergence_*.png)"
+	@echo "  table:  $$(ls $(DEMO_REPORT)/table_*.md)"
 
 # The paper's grids (long: add LAUNCHER="hydra/launcher=slurm" or "hydra/launcher=gpus_local" to run them in parallel).
 LAUNCHER ?=
