@@ -21,7 +21,9 @@ from xgrad.rundir import atomic_write
 from .collect import Collection, ReportError, runs_frame
 from .figures import convergence_figure, save_figure
 from .labels import setting_title, slug
+from .repro import CONFIGS, EPOCHS, epochs_frame, run_configs
 from .tables import comparison, comparison_table, cost, cost_table, render
+from .tuning import TunedStudy, split_tuned, tuning_figure, tuning_frame, tuning_table
 
 __all__ = ["MANIFEST", "Section", "build_report", "check_out", "with_variants"]
 
@@ -69,6 +71,8 @@ def _section(
     for steps in steps_run:
         numbers = comparison(sub, steps, reference)
         table = comparison_table(numbers, metric, title, set(sub["best_selected_on"]))
+        if "tuned" in sub and sub["tuned"].any():
+            table.notes.append(TUNED_NOTE)
         stem = f"table_{name}" + (f"_s{steps:g}" if len(steps_run) > 1 else "")
         markdown = render(table, "markdown")
         setting = {
@@ -105,10 +109,54 @@ def check_out(out: Path) -> None:
         )
 
 
+TUNED_NOTE = (
+    "Learning rates tuned per arm on the validation split (see the tuning section): with and without prediction "
+    "may run at different lrs."
+)
+
+
+def _tuning_sections(
+    collection: Collection, frame: pd.DataFrame, studies: list[TunedStudy], out: Path
+) -> tuple[pd.DataFrame, list[Section], int]:
+    """Per study: the chosen-lr table and the validation-vs-lr figure; the frame without its tuning-only runs."""
+    sections = []
+    for tuned in studies:
+        inside = [Path(src).resolve().is_relative_to(tuned.folder) for src in frame.get("source", [])]
+        sub = frame[inside] if len(frame) else frame
+        if len(sub):
+            first = sub.iloc[0]
+            title = setting_title(
+                first["dataset"], first["model"], bool(first["synthetic"]), bool(first["reduced_scale"])
+            )
+        else:
+            title = tuned.folder.name
+        name = slug("tuning", tuned.folder.name)
+        section = Section(f"Learning-rate tuning: {title} ({tuned.folder.name})")
+        section.figures = save_figure(tuning_figure(tuned, title), out / name)
+        table = tuning_table(tuned, title)
+        markdown = render(table, "markdown")
+        files = [
+            write_text(out / f"{name}.md", f"# {section.title}\n\n{markdown}"),
+            write_text(out / f"{name}.tex", render(table, "latex")),
+            write_text(out / f"{name}.csv", tuning_frame(tuned).to_csv(index=False)),
+        ]
+        section.tables.append(("chosen lr per arm", files, markdown))
+        sections.append(section)
+    kept, left_out = split_tuned(frame, collection.runs, studies)
+    return kept, sections, left_out
+
+
 def build_report(
-    collection: Collection, out: Path, reference: pd.DataFrame | None = None, inputs: list[str] | None = None
+    collection: Collection,
+    out: Path,
+    reference: pd.DataFrame | None = None,
+    inputs: list[str] | None = None,
+    studies: list[TunedStudy] | None = None,
 ) -> Path:
     """Write the whole report into ``out``; return the path of its ``README.md`` index.
+
+    ``studies`` (tuning studies among the inputs): their tuning-only runs are left out of the comparison and
+    shown in a tuning section instead.
 
     Everything is written into a temporary folder inside ``out`` first and then moved into place: the files
     an earlier report wrote (its manifest) are replaced or removed, a file of anyone else is never replaced
@@ -121,7 +169,7 @@ def build_report(
     except OSError as e:
         raise ReportError(f"--out {out} cannot be written: {e.strerror or e}") from e
     try:
-        _build(collection, staging, reference, inputs)
+        _build(collection, staging, reference, inputs, studies or [])
         _publish(staging, out)
     except OSError as e:
         raise ReportError(f"writing the report into {out} failed: {e.strerror or e} ({e.filename or out})") from e
@@ -148,8 +196,15 @@ def _publish(staging: Path, out: Path) -> None:
     write_text(manifest, "\n".join(names) + "\n")
 
 
-def _build(collection: Collection, out: Path, reference: pd.DataFrame | None, inputs: list[str] | None) -> None:
+def _build(
+    collection: Collection,
+    out: Path,
+    reference: pd.DataFrame | None,
+    inputs: list[str] | None,
+    studies: list[TunedStudy],
+) -> None:
     frame = runs_frame(collection.runs)
+    frame, tuning, tuning_only = _tuning_sections(collection, frame, studies, out)
     sections, parts = [], []
     for key, sub in _settings(frame):
         sub = with_variants(sub)
@@ -169,7 +224,10 @@ def _build(collection: Collection, out: Path, reference: pd.DataFrame | None, in
             ]
         runs_csv = pd.concat(parts).drop(columns=["run"]).assign(extra=lambda f: f["extra"].map(", ".join))
         write_text(out / "runs.csv", runs_csv.to_csv(index=False))
-    index = _index(collection, frame, sections, cost_files, cost_markdown, inputs or [])
+        used = pd.concat(parts)  # per-epoch metrics and configurations: what scripts/reproduce.py checks against
+        write_text(out / EPOCHS, epochs_frame(collection.runs, used).to_csv(index=False))
+        write_text(out / CONFIGS, run_configs(collection.runs, used))
+    index = _index(collection, frame, [*sections, *tuning], cost_files, cost_markdown, inputs or [], tuning_only)
     write_text(out / "README.md", index)
 
 
@@ -184,6 +242,7 @@ def _index(
     cost_files: list[Path],
     cost_markdown: str,
     inputs: list[str],
+    tuning_only: int = 0,
 ) -> str:
     """The README.md of the output folder: every figure and table, then the runs used and skipped."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -193,11 +252,16 @@ def _index(
         "",
         f"Generated {now} by `python -m xgrad.report {' '.join(inputs)}`.",
         "",
-        f"Runs used: {len(collection.runs)} ({statuses.get('completed', 0)} completed, "
+        f"Runs used: {len(frame)} ({statuses.get('completed', 0)} completed, "
         f"{statuses.get('diverged', 0)} diverged); skipped: {len(collection.skipped)} (see the end). "
         "Accuracies are in percent. Statistics use completed seeds; diverged seeds are counted, not averaged.",
         "",
     ]
+    if tuning_only:
+        lines += [
+            f"{tuning_only} tuning runs at lrs not chosen are left out of the comparison (see the tuning sections).",
+            "",
+        ]
     if not sections:
         lines += ["**No completed or diverged runs: nothing to plot or tabulate.**", ""]
     for section in sections:
@@ -222,7 +286,12 @@ def _runs_used(frame: pd.DataFrame) -> list[str]:
     lines = ["## Runs used", ""]
     if frame.empty:
         return [*lines, "None.", ""]
-    lines += ["One row per run, with its final and best metrics: [runs.csv](runs.csv).", ""]
+    lines += [
+        "One row per run, with its final and best metrics: [runs.csv](runs.csv); every epoch of every run: "
+        f"[{EPOCHS}]({EPOCHS}); their configurations: [{CONFIGS}]({CONFIGS}) (re-run one and compare its first "
+        "epoch: `python scripts/reproduce.py REPORT_FOLDER`).",
+        "",
+    ]
     lines += ["| configuration (seed group) | seed | status | run |", "|:--|--:|:--|:--|"]
     for row in frame.sort_values(["group", "seed"]).itertuples():
         lines.append(f"| {row.group} | {row.seed} | {row.status} | `{row.source}` |")

@@ -17,6 +17,7 @@ from pathlib import Path
 from .build import build_report, check_out
 from .collect import Collection, ReportError, collect, drop_duplicate_seeds
 from .reference import load_reference
+from .tuning import find_studies
 
 __all__ = ["main"]
 
@@ -65,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         reference = None
         if args.reference is not None:
             reference = load_reference(None if args.reference == SHIPPED else args.reference)
-        index = build_report(collection, args.out, reference, inputs=sys.argv[1:] if argv is None else argv)
+        studies = find_studies([Path(d) for d in args.result_dirs])
+        index = build_report(
+            collection, args.out, reference, inputs=sys.argv[1:] if argv is None else argv, studies=studies
+        )
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

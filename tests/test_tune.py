@@ -1,0 +1,187 @@
+"""python -m xgrad.tune: the lr selection rules with exact numbers, run folders read back, bad input, end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from xgrad.errors import ConfigError
+from xgrad.report import cli
+from xgrad.tune import Arm, GridPoint, Study, fill_grid, grid_lrs, parse_args, plan_study, select_lr, write_study
+
+# ----------------------------------------------------------------------------------- selection rules
+
+
+def point(lr: float, *values: float | None, missing: tuple[int, ...] = ()) -> GridPoint:
+    return GridPoint(lr, dict(enumerate(values)), list(missing))
+
+
+def test_best_mean_validation_wins() -> None:
+    grid = [point(0.01, 0.50, 0.54), point(0.03, 0.60, 0.58), point(0.1, 0.61, 0.55)]  # means .52, .59, .58
+    chosen = select_lr(grid, preset_lr=0.03, higher_is_better=True)
+    assert chosen.lr == 0.03 and not chosen.at_edge
+
+
+def test_lower_is_better_for_perplexity() -> None:
+    grid = [point(1e-3, 120.0, 124.0), point(3e-3, 118.0, 119.0), point(1e-2, 117.0, 130.0)]  # 122, 118.5, 123.5
+    assert select_lr(grid, preset_lr=1e-3, higher_is_better=False).lr == 3e-3
+    assert select_lr(grid, preset_lr=1e-3, higher_is_better=True).lr == 1e-2  # the same numbers, accuracy-like
+
+
+def test_a_diverged_seed_rules_its_lr_out() -> None:
+    """lr 0.3 has the best finite seed (0.70) but its other seed diverged: never chosen."""
+    grid = [point(0.03, 0.50, 0.52), point(0.1, 0.60, 0.61), point(0.3, 0.70, None)]
+    chosen = select_lr(grid, preset_lr=0.1, higher_is_better=True)
+    assert chosen.lr == 0.1 and "diverged at lr 0.3" in chosen.reason
+    nan = [point(0.1, 0.60), point(0.3, math.nan)]  # a non-finite value counts as diverged too
+    assert select_lr(nan, preset_lr=0.1, higher_is_better=True).lr == 0.1
+
+
+def test_every_lr_diverged_chooses_nothing() -> None:
+    chosen = select_lr([point(0.1, None), point(0.3, None)], preset_lr=0.1, higher_is_better=True)
+    assert chosen.lr is None and "every lr" in chosen.reason
+
+
+def test_ties_go_to_the_preset_then_to_the_smaller_lr() -> None:
+    tie = [point(0.01, 0.5), point(0.03, 0.6), point(0.09, 0.6)]  # 0.03 and 0.09 tie; preset 0.05
+    # |log(0.03/0.05)| = 0.511 < |log(0.09/0.05)| = 0.588
+    assert select_lr(tie, preset_lr=0.05, higher_is_better=True).lr == 0.03
+    symmetric = [point(0.01, 0.6), point(0.1, 0.6), point(1.0, 0.6)]  # all tie: the preset itself
+    assert select_lr(symmetric, preset_lr=0.1, higher_is_better=True).lr == 0.1
+    both_sides = [point(0.05, 0.6), point(0.2, 0.6)]  # equally far from 0.1 on a log scale: the smaller
+    assert select_lr(both_sides, preset_lr=0.1, higher_is_better=True).lr == 0.05
+    near = [point(0.01, 0.6 + 1e-12), point(0.1, 0.6)]  # within 1e-9 relative: a tie, the preset wins
+    assert select_lr(near, preset_lr=0.1, higher_is_better=True).lr == 0.1
+
+
+def test_an_unfinished_grid_decides_nothing_and_edges_are_flagged() -> None:
+    unfinished = [point(0.1, 0.6), point(0.3, missing=(0,))]
+    chosen = select_lr(unfinished, preset_lr=0.1, higher_is_better=True)
+    assert chosen.lr is None and "lr=0.3 seed 0" in chosen.reason
+    edge = select_lr([point(0.03, 0.5), point(0.1, 0.6), point(0.3, 0.7)], preset_lr=0.1, higher_is_better=True)
+    assert edge.lr == 0.3 and edge.at_edge
+
+
+def test_grid_is_the_preset_times_the_factors() -> None:
+    assert grid_lrs(0.1, [1 / 3, 1, 3]) == [0.0333, 0.1, 0.3]
+    assert grid_lrs(1e-3, [3, 1, 1 / 3, 1.0]) == [0.000333, 0.001, 0.003]
+
+
+# ----------------------------------------------------------------------------------- run folders
+
+
+def fake_run(root: Path, optimizer: str, steps: float, lr: float, seed: int, val: float | None, **extra) -> None:
+    """A finished run folder as the runner writes it (only what the tuning reads)."""
+    folder = root / f"{optimizer},s={steps:g},lr={lr:g}" / f"seed={seed}"
+    folder.mkdir(parents=True)
+    status = extra.pop("status", "completed" if val is not None else "diverged")
+    summary = {
+        "schema_version": 1, "status": status, "task": "language_model", "dataset": "ptb", "model": "lstm",
+        "optimizer": optimizer, "predict": steps > 0, "predict_steps": float(steps), "seed": seed, "overrides": "",
+        "epochs": 1, "epochs_done": 1, "final_test_ppl": 100.0, "best_test_ppl": 100.0, "final_val_ppl": val, **extra,
+    }  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary))
+    row = {"epoch": 1, "train_loss": 4.0, "test_ppl": 100.0, "val_ppl": val if val is not None else float("nan")}
+    pd.DataFrame([row]).to_csv(folder / "metrics.csv", index=False)
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"optimizer": {"name": optimizer, "lr": lr}}))
+
+
+def test_selection_from_run_folders(tmp_path: Path) -> None:
+    """Perplexity (lower is better) over 2 tune seeds; a diverged run, a failed run and a run of another seed."""
+    lrs = [0.000333, 0.001, 0.003]
+    arms = [Arm("adam", 0.0, 0.001, lrs), Arm("adam", 1.0, 0.001, lrs), Arm("sgdm", 0.0, 1.0, [0.333, 1.0, 3.0])]
+    study = Study([], [1 / 3, 1, 3], [0, 1], [0, 1, 2], "ppl", "final_val_ppl", arms)
+    vals = {  # (steps, lr): (seed 0, seed 1)
+        (0, 0.000333): (150.0, 152.0), (0, 0.001): (140.0, 146.0), (0, 0.003): (139.0, 145.0),  # 151, 143, 142
+        (1, 0.000333): (149.0, 149.0), (1, 0.001): (138.0, 140.0), (1, 0.003): (120.0, None),  # 149, 139, diverged
+    }  # fmt: skip
+    for (steps, lr), values in vals.items():
+        for seed, val in enumerate(values):
+            fake_run(tmp_path, "adam", steps, lr, seed, val)
+    fake_run(tmp_path, "adam", 0, 0.001, 2, 10.0)  # a final seed: not a tune seed, ignored by the selection
+    for lr in (0.333, 1.0, 3.0):
+        fake_run(tmp_path, "sgdm", 0, lr, 0, 200.0)
+        fake_run(tmp_path, "sgdm", 0, lr, 1, 200.0, status="failed" if lr == 3.0 else "completed")
+    fill_grid(study, tmp_path)
+    off, on, sgdm = study.arms
+    assert [p.mean for p in off.grid] == pytest.approx([151.0, 143.0, 142.0])
+    assert (off.selection.lr, off.selection.at_edge) == (0.003, True)
+    assert on.grid[2].diverged and on.selection.lr == 0.001 and "diverged at lr 0.003" in on.selection.reason
+    assert sgdm.selection.lr is None and "lr=3 seed 1" in sgdm.selection.reason  # a failed run: grid not finished
+
+
+def test_bad_arguments_are_one_clear_error() -> None:
+    with pytest.raises(ConfigError, match=r"factors=\[0, 1\].*lr multiples > 0"):
+        parse_args(["factors=[0,1]"])
+    with pytest.raises(ConfigError, match=r"steps=.*listed twice"):
+        parse_args(["steps=[0,1,1]"])
+    with pytest.raises(ConfigError, match=r"phase='later'.*tune, final, all"):
+        parse_args(["phase=later"])
+    with pytest.raises(ConfigError, match=r"'optimizer.lr=0.1'.*factors="):
+        parse_args(["optimizer.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"'seed=3'.*seeds="):
+        parse_args(["seed=3"])
+    options, passed = parse_args(["optimizers=[adam]", "experiment=cpu_demo", "hydra/launcher=joblib", "val_size=9"])
+    assert options["optimizers"] == ["adam"] and options["seeds"] == [0, 1, 2]
+    assert passed == ["experiment=cpu_demo", "hydra/launcher=joblib", "val_size=9"]
+
+
+def test_plan_reads_presets_and_needs_a_validation_split() -> None:
+    options, passed = parse_args(["experiment=cpu_demo_text", "optimizers=[sgdm,adam]", "threads=1"])
+    study = plan_study(options, passed)  # language models validate on the corpus's own split
+    assert [(a.optimizer, a.steps, a.preset_lr) for a in study.arms] == [
+        ("sgdm", 0.0, 2.0), ("sgdm", 1.0, 2.0), ("adam", 0.0, 3e-3), ("adam", 1.0, 3e-3)]  # fmt: skip
+    assert study.arms[2].lrs == [0.001, 0.003, 0.009]
+    assert study.overrides == ["experiment=cpu_demo_text"] and study.selection_key == "final_val_ppl"  # threads: not
+    with pytest.raises(ConfigError, match="val_size=0 for tuning"):
+        plan_study(*parse_args(["experiment=cpu_demo"]))
+
+
+def test_a_study_folder_keeps_its_protocol(tmp_path: Path) -> None:
+    from xgrad.tune import main
+
+    options, passed = parse_args(["experiment=cpu_demo_text", "optimizers=[adam]"])
+    write_study(tmp_path, plan_study(options, passed))
+    code = main([f"dir={tmp_path}", "experiment=cpu_demo_text", "optimizers=[adam]", "epochs=9", "phase=final"])
+    assert code == 2  # epochs=9 would mix two protocols in one folder
+
+
+# ----------------------------------------------------------------------------------- end to end
+
+
+def test_tune_end_to_end_on_demo_images(tmp_path: Path) -> None:
+    """2 lrs x 1 seed per arm, final seed 0 reused from the grid, then the report's tuning section."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    args = ["experiment=cpu_demo", "++dataset.n_train=60", "++dataset.n_test=20", "val_size=20", "epochs=1",
+            "batch_size=20", "eval_batch_size=20", "scheduler.warmup_epochs=0", "model=lenet", "threads=1",
+            "optimizers=[sgdm]", "factors=[0.1,1]", "seeds=[0]", "study=t"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "xgrad.tune", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    folder = tmp_path / "outputs" / "tune" / "t"
+    summaries = [json.loads(p.read_text()) for p in folder.rglob("summary.json")]
+    assert len(summaries) == 4  # 2 arms x 2 lrs x seed 0; the final seed 0 is one of them, not a fifth run
+    study = json.loads((folder / "tuning.json").read_text())
+    for arm in study["arms"]:
+        assert [p["lr"] for p in arm["grid"]] == [0.01, 0.1]
+        values = [p["values"]["0"] for p in arm["grid"]]
+        expected = max(zip(values, [0.01, 0.1]))[1] if values[0] != values[1] else 0.1  # a tie: the preset
+        assert arm["selection"]["lr"] == expected
+    assert "lr chosen on mean final_val_acc" in proc.stdout
+    assert cli.main([str(folder), "--out", str(tmp_path / "report")]) == 0
+    tuning = pd.read_csv(tmp_path / "report" / "tuning_t.csv")
+    assert len(tuning) == 4 and tuning["chosen"].sum() == 2
+    table = pd.read_csv(tmp_path / "report" / "table_demo_images_lenet_reduced.csv")
+    assert list(table["n_without"]) == [1] and list(table["n_with"]) == [1]  # one row: the lr is no variant
+    assert "2 tuning runs at lrs not chosen" in (tmp_path / "report" / "README.md").read_text()
+    assert (tmp_path / "report" / "tuning_t.png").stat().st_size > 0

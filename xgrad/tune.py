@@ -1,0 +1,447 @@
+"""``python -m xgrad.tune``: the learning-rate tuning protocol, one command over Hydra multiruns.
+
+For every arm (optimizer, prediction horizon s; s = 0 is no prediction) the lr is tuned on a held-out validation
+split, then the final seeds run at the chosen lr and are judged on test:
+
+1. *tune*: lr = preset lr x each factor (default 1/3, 1, 3), ``tune_seeds`` (default seed 0), every arm;
+2. *select*: per arm, the lr with the best mean final validation metric over the tune seeds (see :func:`select_lr`);
+3. *final*: ``seeds`` (default 0, 1, 2) at the chosen lr. A tune seed at the chosen lr is the same configuration
+   as that final seed, so it is the same run folder and is not run twice.
+
+All runs of a study go into one folder (``dir``, default ``outputs/tune/<study>``), which also gets
+``tuning.json`` (the protocol and the choices) for ``python -m xgrad.report``. Relaunching the same command skips
+completed runs and resumes partial ones, like every sweep. Examples::
+
+    python -m xgrad.tune experiment=cpu_demo val_size=500 optimizers=[sgdm,adamw]
+    python -m xgrad.tune experiment=cpu_cifar10_resnet20 val_size=1000 study=cifar10 \\
+        hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1
+
+The driver's own keys are listed in :data:`DRIVER_KEYS`; every other ``key=value`` is passed to each
+``python -m xgrad.run -m`` it launches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xgrad.errors import ConfigError
+
+__all__ = ["DRIVER_KEYS", "GridPoint", "Selection", "Study", "main", "parse_args", "select_lr"]
+
+STUDY_FILE = "tuning.json"
+# The driver's keys and their defaults; everything else on the command line goes to each multirun.
+DRIVER_KEYS: dict[str, Any] = {
+    "study": "default",  # the study's name: its folder is outputs/tune/<study> unless dir= is given
+    "dir": None,  # the study folder (all its runs and tuning.json)
+    "optimizers": ["sgdm", "adamw"],
+    "steps": [0, 1],  # prediction horizons s per arm; 0 = without prediction
+    "factors": [1 / 3, 1, 3],  # the lr grid, as multiples of the preset's lr
+    "tune_seeds": [0],  # seeds of the tuning runs (the lr is chosen on their mean validation metric)
+    "seeds": [0, 1, 2],  # seeds of the final runs at the chosen lr
+    "phase": "all",  # tune (grid only), final (needs a finished grid), all
+}
+PHASES = ("tune", "final", "all")
+REL_TOL = 1e-9  # two validation means this close are a tie
+
+
+# ----------------------------------------------------------------------------------- selection
+
+
+@dataclass
+class GridPoint:
+    """One lr of an arm's grid: the final validation metric per tune seed (None: diverged or not finite)."""
+
+    lr: float
+    values: dict[int, float | None] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)  # tune seeds with no finished run (failed, running, absent)
+
+    @property
+    def diverged(self) -> bool:
+        return any(v is None or not math.isfinite(v) for v in self.values.values())
+
+    @property
+    def mean(self) -> float:
+        """Mean validation metric over the tune seeds; NaN when a seed diverged or is missing."""
+        if self.diverged or self.missing or not self.values:
+            return math.nan
+        return sum(self.values.values()) / len(self.values)
+
+
+@dataclass
+class Selection:
+    """The outcome for one arm: the chosen lr (None when none could be chosen) and why."""
+
+    lr: float | None
+    reason: str
+    at_edge: bool = False  # the chosen lr is the grid's smallest or largest: the optimum may lie outside
+
+
+def select_lr(grid: list[GridPoint], preset_lr: float, higher_is_better: bool) -> Selection:
+    """Choose an arm's lr: the best mean final validation metric over the tune seeds.
+
+    Rules, in order: an lr with a missing tune run makes the arm undecided (finish the grid first); an lr at which
+    any tune seed diverged is never chosen (it is unsafe, whatever the other seeds did); among the rest the best
+    mean wins (higher accuracy, lower perplexity); a tie (relative difference below 1e-9) goes to the lr closest
+    to the preset on a log scale, then to the smaller lr. When every lr diverged nothing is chosen.
+    """
+    if not grid:
+        return Selection(None, "empty grid")
+    missing = [f"lr={p.lr:g} seed {s}" for p in grid for s in p.missing]
+    if missing:
+        return Selection(None, "grid not finished: " + ", ".join(missing))
+    usable = [p for p in grid if not p.diverged]
+    if not usable:
+        return Selection(None, "every lr of the grid diverged: widen the grid downwards (factors=...)")
+    sign = 1.0 if higher_is_better else -1.0
+    top = max(sign * p.mean for p in usable)
+    tied = [p for p in usable if math.isclose(sign * p.mean, top, rel_tol=REL_TOL, abs_tol=0.0)]
+    chosen = min(tied, key=lambda p: (abs(math.log(p.lr / preset_lr)), p.lr))
+    lrs = sorted(p.lr for p in grid)
+    edge = len(lrs) > 1 and chosen.lr in (lrs[0], lrs[-1])
+    reason = f"best validation of {len(usable)} lrs" + (
+        f" (tie of {len(tied)}: nearest the preset)" if len(tied) > 1 else ""
+    )
+    diverged = [f"{p.lr:g}" for p in grid if p.diverged]
+    if diverged:
+        reason += f"; diverged at lr {', '.join(diverged)}"
+    return Selection(chosen.lr, reason, edge)
+
+
+def grid_lrs(preset_lr: float, factors: list[float]) -> list[float]:
+    """The lr grid: preset x factor, three significant digits (so folder names stay readable), sorted, unique."""
+    return sorted({float(f"{preset_lr * f:.3g}") for f in factors})
+
+
+# ----------------------------------------------------------------------------------- the study on disk
+
+
+@dataclass
+class Arm:
+    """One (optimizer, horizon) arm of a study, its grid's results and its choice."""
+
+    optimizer: str
+    steps: float
+    preset_lr: float
+    lrs: list[float]
+    grid: list[GridPoint] = field(default_factory=list)
+    selection: Selection | None = None
+
+    @property
+    def predict(self) -> bool:
+        return self.steps > 0
+
+    def overrides(self) -> list[str]:
+        """The overrides that make this arm (s = 1 is the default horizon, so it is not spelled out)."""
+        out = [f"optimizer={self.optimizer}", f"predict={str(self.predict).lower()}"]
+        if self.predict and self.steps != 1:
+            out.append(f"predict_steps={self.steps:g}")
+        return out
+
+
+@dataclass
+class Study:
+    """A tuning study: its protocol (the overrides every run shares, the grid, the seeds) and its arms."""
+
+    overrides: list[str]
+    factors: list[float]
+    tune_seeds: list[int]
+    seeds: list[int]
+    metric: str  # acc | ppl
+    selection_key: str  # the summary.json key the lr is chosen on, e.g. final_val_acc
+    arms: list[Arm] = field(default_factory=list)
+
+    def arm(self, optimizer: str, steps: float) -> Arm | None:
+        return next((a for a in self.arms if a.optimizer == optimizer and a.steps == steps), None)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Study:
+        data = json.loads(text)
+        arms = []
+        for a in data.pop("arms"):
+            grid = [GridPoint(p["lr"], {int(k): v for k, v in p["values"].items()}, p["missing"]) for p in a["grid"]]
+            selection = Selection(**a["selection"]) if a.get("selection") else None
+            arms.append(Arm(a["optimizer"], a["steps"], a["preset_lr"], a["lrs"], grid, selection))
+        return cls(**data, arms=arms)
+
+
+def read_study(folder: Path) -> Study | None:
+    """The study recorded in ``folder/tuning.json``, or None when there is none."""
+    path = folder / STUDY_FILE
+    if not path.exists():
+        return None
+    try:
+        return Study.from_json(path.read_text())
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: unreadable tuning record ({e}); move it away to start over") from e
+
+
+def write_study(folder: Path, study: Study) -> None:
+    from xgrad.rundir import atomic_write
+
+    text = study.to_json()
+    atomic_write(folder / STUDY_FILE, lambda f: f.write(text.encode()))
+
+
+def fill_grid(study: Study, folder: Path) -> None:
+    """Read the tune runs of every arm from ``folder`` into its grid and choose its lr."""
+    runs = _finished_runs(folder)
+    for arm in study.arms:
+        arm.grid = []
+        for lr in arm.lrs:
+            point = GridPoint(lr)
+            for seed in study.tune_seeds:
+                run = runs.get((arm.optimizer, float(arm.steps), _lr_key(lr), seed))
+                if run is None:
+                    point.missing.append(seed)
+                elif run["status"] == "diverged":
+                    point.values[seed] = None
+                else:
+                    value = run.get(study.selection_key)
+                    point.values[seed] = float(value) if isinstance(value, (int, float)) else None
+            arm.grid.append(point)
+        arm.selection = select_lr(arm.grid, arm.preset_lr, higher_is_better=study.metric == "acc")
+
+
+def _lr_key(lr: float) -> float:
+    return float(f"{lr:.12g}")
+
+
+def _finished_runs(folder: Path) -> dict[tuple, dict[str, Any]]:
+    """Completed and diverged runs under ``folder`` by (optimizer, s, lr, seed): their summary, lr added."""
+    from xgrad.report.collect import Run, read_folder
+
+    out: dict[tuple, dict[str, Any]] = {}
+    if not folder.exists():
+        return out
+    for path in sorted(folder.rglob("summary.json")):
+        run = read_folder(path.parent)
+        if not isinstance(run, Run):
+            continue
+        lr = run_lr(run.config)
+        if lr is None:
+            continue
+        s = run.summary
+        out[(s["optimizer"], float(s["predict_steps"]), _lr_key(lr), s["seed"])] = s
+    return out
+
+
+def run_lr(config: dict[str, Any]) -> float | None:
+    """The lr a run was configured with (its ``.hydra/config.yaml``), or None when it is not a plain number."""
+    optimizer = config.get("optimizer")
+    lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
+# ----------------------------------------------------------------------------------- the command line
+
+
+def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Split ``key=value`` arguments into the driver's options and the overrides passed to every run."""
+    options = {k: (list(v) if isinstance(v, list) else v) for k, v in DRIVER_KEYS.items()}
+    passed = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"invalid argument {arg!r}: expected key=value (driver keys: {', '.join(DRIVER_KEYS)})")
+        if key not in DRIVER_KEYS:
+            passed.append(arg)
+            continue
+        try:
+            options[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"invalid {key}={value!r}: not a value ({e})") from e
+    _check_options(options)
+    for arg in passed:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key in DRIVER_SET:
+            raise ConfigError(f"invalid argument {arg!r}: the driver sets {key} per run (use {DRIVER_SET[key]})")
+    return options, passed
+
+
+# Run keys the driver sets itself, and the driver key to use instead.
+DRIVER_SET = {
+    "optimizer": "optimizers=[...]",
+    "optimizer.lr": "factors=[...] around the preset's lr",
+    "predict": "steps=[0,1]",
+    "predict_steps": "steps=[...]",
+    "seed": "seeds=[...] and tune_seeds=[...]",
+}
+
+
+def _check_options(o: dict[str, Any]) -> None:
+    def numbers(key: str, ok, what: str, kind=(int, float)) -> None:
+        value = o[key]
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, kind) and not isinstance(v, bool) and ok(v) for v in value)
+        ):
+            raise ConfigError(f"invalid {key}={value!r}: accepted a non-empty list of {what}, e.g. {DRIVER_KEYS[key]}")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"invalid {key}={value!r}: a value is listed twice")
+
+    numbers("steps", lambda v: v >= 0 and math.isfinite(v), "horizons s >= 0 (0 = without prediction)")
+    numbers("factors", lambda v: v > 0 and math.isfinite(v), "lr multiples > 0")
+    numbers("tune_seeds", lambda v: v >= 0, "seeds >= 0", int)
+    numbers("seeds", lambda v: v >= 0, "seeds >= 0", int)
+    numbers("optimizers", lambda v: bool(v), "optimizer names", str)
+    if o["phase"] not in PHASES:
+        raise ConfigError(f"invalid phase={o['phase']!r}: accepted {', '.join(PHASES)}")
+    if not isinstance(o["study"], str) or not o["study"] or "/" in o["study"]:
+        raise ConfigError(f"invalid study={o['study']!r}: accepted a folder name (no '/')")
+
+
+def _compose(overrides: list[str], optimizer: str):
+    """The configuration an arm's runs get (Hydra's compose, as ``xgrad.run`` would), with Hydra's own part."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    import xgrad.run  # noqa: F401  (registers the folder-name resolver the config refers to)
+
+    conf = Path(__file__).resolve().parent.parent / "conf"
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            return compose("config", overrides=[*overrides, f"optimizer={optimizer}"], return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(f"the overrides {' '.join(overrides)} optimizer={optimizer} do not compose: {e}") from e
+
+
+def _is_launch_key(override: str, exclude: set[str]) -> bool:
+    """Whether an override only changes how or where runs are launched, not what they compute."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    return key.startswith("hydra") or key in exclude
+
+
+def plan_study(options: dict[str, Any], passed: list[str]) -> Study:
+    """The study the options describe: presets' lrs from the composed config, checks that need the config."""
+    study_overrides: list[str] | None = None
+    metric = key = ""
+    arms = []
+    for optimizer in options["optimizers"]:
+        cfg = _compose([o for o in passed if not o.startswith("hydra")], optimizer)
+        exclude = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+        study_overrides = sorted(o for o in passed if not _is_launch_key(o, exclude))
+        task, metric = cfg.dataset.task, "acc" if cfg.dataset.task == "classification" else "ppl"
+        if task == "classification" and not cfg.val_size:
+            raise ConfigError(
+                "invalid val_size=0 for tuning: the lr is chosen on a validation split; add val_size=N (training "
+                "images held out), e.g. val_size=1000"
+            )
+        key = f"final_val_{metric}"
+        preset = cfg.optimizer.lr
+        if not isinstance(preset, (int, float)) or isinstance(preset, bool) or not preset > 0:
+            raise ConfigError(f"invalid optimizer.lr={preset!r} for {optimizer}: the grid needs a preset lr > 0")
+        for s in options["steps"]:
+            arms.append(Arm(optimizer, float(s), float(preset), grid_lrs(float(preset), options["factors"])))
+    return Study(study_overrides or [], options["factors"], options["tune_seeds"], options["seeds"], metric, key, arms)
+
+
+def merge(previous: Study | None, study: Study) -> Study:
+    """Add the new plan to what the folder already holds; refuse a folder of another protocol."""
+    if previous is None:
+        return study
+    if previous.overrides != study.overrides or previous.selection_key != study.selection_key:
+        raise ConfigError(
+            f"this study folder holds runs of other overrides ({' '.join(previous.overrides) or 'none'}; now "
+            f"{' '.join(study.overrides) or 'none'}): use another study=NAME or dir=PATH, or the same overrides"
+        )
+    if previous.tune_seeds != study.tune_seeds:
+        raise ConfigError(
+            f"this study chose its lrs on tune_seeds={previous.tune_seeds}; now {study.tune_seeds}: use another "
+            "study=NAME, or the same tune_seeds"
+        )
+    for arm in previous.arms:  # arms of earlier launches (e.g. the horizon added to a study) stay in the record
+        if study.arm(arm.optimizer, arm.steps) is None:
+            study.arms.append(arm)
+    return study
+
+
+def multirun(folder: Path, overrides: list[str], passed: list[str]) -> int:
+    """Launch ``python -m xgrad.run -m`` for one grid into the study folder; return its exit code."""
+    command = [sys.executable, "-m", "xgrad.run", "-m", *passed, *overrides, f"hydra.sweep.dir={folder}"]
+    print("+ " + " ".join(command[1:]), flush=True)
+    return subprocess.run(command, env=os.environ.copy()).returncode
+
+
+def tune_phase(study: Study, folder: Path, passed: list[str]) -> int:
+    """Every arm's lr grid at the tune seeds: one multirun per (optimizer, horizon group), lrs and seeds swept."""
+    failed = 0
+    for optimizer in dict.fromkeys(a.optimizer for a in study.arms):
+        arms = [a for a in study.arms if a.optimizer == optimizer]
+        lrs = ",".join(f"{lr:g}" for lr in arms[0].lrs)
+        seeds = ",".join(map(str, study.tune_seeds))
+        common = [f"optimizer={optimizer}", f"optimizer.lr={lrs}", f"seed={seeds}"]
+        plain = [a for a in arms if a.steps in (0, 1)]  # off and s=1 (the default horizon) share one multirun
+        if plain:
+            predict = ",".join(str(a.predict).lower() for a in plain)
+            failed |= multirun(folder, [*common, f"predict={predict}"], passed) != 0
+        other = [a for a in arms if a.steps not in (0, 1)]
+        if other:
+            horizons = ",".join(f"{a.steps:g}" for a in other)
+            failed |= multirun(folder, [*common, "predict=true", f"predict_steps={horizons}"], passed) != 0
+    return int(failed)
+
+
+def final_phase(study: Study, folder: Path, passed: list[str]) -> int:
+    """The final seeds of every arm whose lr is chosen."""
+    failed = 0
+    finished = _finished_runs(folder)
+    for arm in study.arms:
+        if arm.selection is None or arm.selection.lr is None:
+            continue
+        lr = _lr_key(arm.selection.lr)
+        if all((arm.optimizer, float(arm.steps), lr, seed) in finished for seed in study.seeds):
+            continue  # every final seed is done (e.g. the tune seed itself): no need to start Hydra for nothing
+        seeds = ",".join(map(str, study.seeds))
+        overrides = [*arm.overrides(), f"optimizer.lr={arm.selection.lr:g}", f"seed={seeds}"]
+        failed |= multirun(folder, overrides, passed) != 0
+    return int(failed)
+
+
+def print_choices(study: Study) -> None:
+    print(f"\nlr chosen on mean {study.selection_key} over tune seeds {study.tune_seeds}:")
+    for arm in study.arms:
+        sel = arm.selection
+        what = "no prediction" if not arm.predict else f"prediction s={arm.steps:g}"
+        chosen = "none" if sel is None or sel.lr is None else f"{sel.lr:g} (x{sel.lr / arm.preset_lr:.3g} preset)"
+        note = " [at the grid's edge: consider widening factors]" if sel and sel.at_edge else ""
+        print(f"  {arm.optimizer:<10} {what:<18} lr {chosen}{note}: {sel.reason if sel else 'not tuned yet'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the protocol; return the exit code (0 done, 1 a run failed or an arm has no lr, 2 bad input)."""
+    try:
+        options, passed = parse_args(sys.argv[1:] if argv is None else argv)
+        folder = Path(options["dir"] or Path("outputs") / "tune" / options["study"])
+        study = merge(read_study(folder), plan_study(options, passed))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_study(folder, study)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = tune_phase(study, folder, passed) if options["phase"] in ("tune", "all") else 0
+    fill_grid(study, folder)
+    write_study(folder, study)
+    print_choices(study)
+    if options["phase"] in ("final", "all"):
+        failed |= final_phase(study, folder, passed)
+    undecided = [a for a in study.arms if a.selection is None or a.selection.lr is None]
+    print(f"\nstudy {folder}: report with  python -m xgrad.report {folder} --out {folder}/report")
+    return 1 if failed or undecided else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
