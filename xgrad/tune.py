@@ -439,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     if options["phase"] in ("final", "all"):
         failed |= final_phase(study, folder, passed)
     undecided = [a for a in study.arms if a.selection is None or a.selection.lr is None]
-    print(f"\nstudy {folder}: report with  python -m xgrad.report {folder} --out {folder}/report")
+    report = folder.parent / f"{folder.name}_report"
+    print(f"\nstudy {folder}: report with  python -m xgrad.report {folder} --out {report}")
     return 1 if failed or undecided else 0
 
 
