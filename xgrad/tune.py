@@ -304,25 +304,25 @@ def _check_options(o: dict[str, Any]) -> None:
 
 
 def _compose(overrides: list[str], optimizer: str):
-    """The configuration an arm's runs get (Hydra's compose, as ``xgrad.run`` would), with Hydra's own part."""
+    """The configuration an arm's runs get (Hydra's compose, as ``xgrad.run`` would)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    import xgrad.run  # noqa: F401  (registers the folder-name resolver the config refers to)
-
     conf = Path(__file__).resolve().parent.parent / "conf"
     try:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            return compose("config", overrides=[*overrides, f"optimizer={optimizer}"], return_hydra_config=True)
+            return compose("config", overrides=[*overrides, f"optimizer={optimizer}"])
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(f"the overrides {' '.join(overrides)} optimizer={optimizer} do not compose: {e}") from e
 
 
-def _is_launch_key(override: str, exclude: set[str]) -> bool:
+def _is_launch_key(override: str) -> bool:
     """Whether an override only changes how or where runs are launched, not what they compute."""
+    from xgrad.identity import NON_IDENTITY_KEYS
+
     key = override.split("=", 1)[0].lstrip("+~")
-    return key.startswith("hydra") or key in exclude
+    return key.startswith("hydra") or key.split(".")[0] in NON_IDENTITY_KEYS
 
 
 def plan_study(options: dict[str, Any], passed: list[str]) -> Study:
@@ -332,8 +332,7 @@ def plan_study(options: dict[str, Any], passed: list[str]) -> Study:
     arms = []
     for optimizer in options["optimizers"]:
         cfg = _compose([o for o in passed if not o.startswith("hydra")], optimizer)
-        exclude = set(cfg.hydra.job.config.override_dirname.exclude_keys)
-        study_overrides = sorted(o for o in passed if not _is_launch_key(o, exclude))
+        study_overrides = sorted(o for o in passed if not _is_launch_key(o))
         task, metric = cfg.dataset.task, "acc" if cfg.dataset.task == "classification" else "ppl"
         if task == "classification" and not cfg.val_size:
             raise ConfigError(
