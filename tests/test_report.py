@@ -22,7 +22,7 @@ from tests.conftest import ROOT, TINY, make_cfg
 from xgrad.report import cli
 from xgrad.report.build import with_variants
 from xgrad.report.collect import collect, drop_duplicate_seeds, runs_frame, split_overrides
-from xgrad.report.figures import convergence_figure
+from xgrad.report.figures import convergence_figure, prediction_error_figure
 from xgrad.report.reference import load_reference, match_reference
 from xgrad.report.tables import holm, paired_test
 from xgrad.report.wandb_source import load_wandb
@@ -273,6 +273,27 @@ def test_perplexity_figure_is_log_scale_with_a_style_per_horizon(results: Path) 
     assert styles["Adam, with weight prediction, s=2 (1 seed)"] == "-."
 
 
+def test_prediction_error_figure_draws_the_seed_means(tmp_path: Path) -> None:
+    errors = {0: [0.5, 0.3, 0.2], 1: [0.7, 0.5, 0.4]}
+    cosines = {0: [0.8, 0.9, 0.95], 1: [0.6, 0.7, 0.75]}
+    for seed in errors:
+        folder = write_run(tmp_path, optimizer="nadam", predict=True, seed=seed)
+        metrics = pd.read_csv(folder / "metrics.csv")
+        metrics["prediction_error"], metrics["prediction_cosine"] = errors[seed], cosines[seed]
+        metrics.to_csv(folder / "metrics.csv", index=False)
+    write_run(tmp_path, optimizer="nadam", predict=False)
+    collection = collect([tmp_path])
+    sub = with_variants(runs_frame(collection.runs))
+    fig = prediction_error_figure(collection.runs, sub, "title")
+    error_ax, cosine_ax = fig.axes
+    [error_line] = [line for line in error_ax.get_lines() if not line.get_label().startswith("_")]
+    assert error_line.get_label() == "NAdam, with weight prediction (2 seeds)"
+    np.testing.assert_allclose(error_line.get_ydata(), [0.6, 0.4, 0.3])
+    np.testing.assert_allclose(cosine_ax.get_lines()[0].get_ydata(), [0.7, 0.8, 0.85])
+    assert error_ax.get_yscale() == "log"
+    assert prediction_error_figure(collection.runs, sub[~sub["predict"]], "title") is None  # nothing measured
+
+
 def test_figure_files_open(report: Path) -> None:
     for name in ("convergence_cifar10_resnet34", "convergence_ptb_lstm"):
         image = matplotlib.image.imread(report / f"{name}.png")
@@ -444,6 +465,9 @@ def test_real_runs_through_the_cli(tmp_path: Path) -> None:
     assert row["final_holds_up"] == "too few seeds (n=1) for a test"
     assert matplotlib.image.imread(out / "convergence_demo_images_resnet20.png").ndim == 3
     assert "synthetic data" in (out / "README.md").read_text()
+    # the run with prediction measured its prediction error (default sampling): drawn and linked in the index
+    assert matplotlib.image.imread(out / "prediction_error_demo_images_resnet20.png").ndim == 3
+    assert "(prediction_error_demo_images_resnet20.png)" in (out / "README.md").read_text()
 
 
 def test_reduced_scale_runs_are_not_compared_with_published_numbers(tmp_path: Path) -> None:

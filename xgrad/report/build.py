@@ -19,7 +19,7 @@ import pandas as pd
 from xgrad.rundir import atomic_write
 
 from .collect import Collection, ReportError, runs_frame
-from .figures import convergence_figure, save_figure
+from .figures import convergence_figure, prediction_error_figure, save_figure
 from .labels import setting_title, slug
 from .repro import CONFIGS, EPOCHS, epochs_frame, run_configs
 from .tables import comparison, comparison_table, cost, cost_table, render
@@ -34,6 +34,7 @@ class Section:
 
     title: str
     figures: list[Path] = field(default_factory=list)
+    error_figures: list[Path] = field(default_factory=list)  # prediction error and cosine, when measured
     tables: list[tuple[str, list[Path], str]] = field(default_factory=list)  # (label, files, markdown)
 
 
@@ -66,6 +67,9 @@ def _section(
     section = Section(title)
     figure = convergence_figure(collection.runs, sub, title)
     section.figures = save_figure(figure, out / f"convergence_{name}")
+    figure = prediction_error_figure(collection.runs, sub, title)
+    if figure is not None:
+        section.error_figures = save_figure(figure, out / f"prediction_error_{name}")
     metric = sub["metric"].iloc[0]
     steps_run = sorted(sub.loc[sub["predict"], "steps"].unique()) or [None]
     for steps in steps_run:
@@ -274,6 +278,10 @@ def _index(
             f"Figure: {_links(section.figures)}",
             "",
         ]
+        if section.error_figures:
+            png = next(p for p in section.error_figures if p.suffix == ".png")
+            lines += [f"![prediction error, {section.title}]({png.name})", "",
+                      f"Prediction error: {_links(section.error_figures)}", ""]  # fmt: skip
         for label, files, markdown in section.tables:
             lines += [f"### Table, {label}", "", f"Files: {_links(files)}", "", markdown]
     if cost_files:

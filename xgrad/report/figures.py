@@ -1,4 +1,5 @@
-"""Convergence figures: training loss and test accuracy (or perplexity) against epoch, one figure per setting.
+"""Figures per setting: convergence (training loss and test accuracy or perplexity against epoch) and, for runs
+that measured it, the prediction error and cosine against epoch.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly (no pyplot, no global state, Agg rendering),
 so they can be made in tests and in parallel with anything else.
@@ -24,7 +25,7 @@ from xgrad.rundir import atomic_write
 from .collect import Run
 from .labels import metric_label, optimizer_rank, pretty_optimizer
 
-__all__ = ["convergence_figure", "save_figure", "series_label"]
+__all__ = ["convergence_figure", "prediction_error_figure", "save_figure", "series_label"]
 
 # Sized for a two-column paper figure (7 in wide) with fonts that stay readable when printed at that size.
 FIGSIZE = (7.0, 3.6)
@@ -130,6 +131,44 @@ def convergence_figure(runs: list[Run], sub: pd.DataFrame, title: str) -> Figure
                 labelled = _plot_mean(ax, _curves(runs, done, column, factor), colour, style, label)
                 _plot_diverged(ax, _curves(runs, diverged, column, factor), colour, style, None if labelled else label)
         _decorate(fig, ax_loss, ax_metric, metric, title, any_diverged, ncol)
+    return fig
+
+
+def prediction_error_figure(runs: list[Run], sub: pd.DataFrame, title: str) -> Figure | None:
+    """Two panels for one setting's runs with prediction: (a) the relative prediction error
+    ``||theta_hat - theta_reached|| / ||theta_reached - theta_t||`` (log scale), (b) the cosine between predicted
+    and actual displacement, per epoch (metrics.csv's ``prediction_error`` and ``prediction_cosine``, means over
+    the epoch's sampled steps; mean ± 1 std over completed seeds). None when no run measured them."""
+    predicted = sub[sub["predict"]]
+    measured = [r for r in predicted.itertuples() if "prediction_error" in runs[r.run].metrics.columns]
+    if not measured:
+        return None
+    predicted = predicted.loc[[r.Index for r in measured]]
+    steps_run = sorted(predicted["steps"].unique())
+    colours = _colours(sub)
+    with matplotlib.rc_context(STYLE):
+        plan = []
+        for (optimizer, variant, _, steps), rows in _series(predicted):
+            done = rows[rows["status"] == "completed"]
+            label = series_label(optimizer, variant, True, steps, len(done), 0, len(steps_run) > 1)
+            style = WITH_STYLES[steps_run.index(steps) % len(WITH_STYLES)]
+            plan.append((done, colours[(optimizer, variant)], style, label))
+        ncol = _legend_columns([p[3] for p in plan], len({p[1] for p in plan}))
+        fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] + 0.16 * -(-len(plan) // ncol)), layout="constrained")
+        ax_error, ax_cosine = fig.subplots(1, 2)
+        for rows, colour, style, label in plan:
+            _plot_mean(ax_error, _curves(runs, rows, "prediction_error", 1.0), colour, style, label)
+            _plot_mean(ax_cosine, _curves(runs, rows, "prediction_cosine", 1.0), colour, style, label)
+        ax_error.set(title="(a) relative prediction error", xlabel="epoch",
+                     ylabel="||θ̂ − θ_reached|| / ||θ_reached − θ_t||")  # fmt: skip
+        if ax_error.has_data():
+            _plain_log_axis(ax_error)
+        ax_cosine.set(title="(b) cosine(predicted, actual move)", xlabel="epoch", ylabel="cosine")
+        for ax in (ax_error, ax_cosine):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        handles, labels = ax_error.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=ncol, frameon=False)
+        fig.suptitle(f"{title}\nepoch means over sampled steps, then over seeds; band = ±1 std", fontsize=9)
     return fig
 
 
