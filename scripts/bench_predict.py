@@ -38,35 +38,48 @@ OPTIMIZERS = {
 # ----------------------------------------------------------------------------------- workloads
 
 
-def resnet20_workload(device: torch.device):
-    """ResNet-20 on a batch of 128 CIFAR-sized images."""
-    model = create_model("resnet20", num_classes=10).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    x = torch.randn(128, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (128,), device=device)
+def image_workload(name: str) -> Callable:
+    """A CIFAR image model (``resnet20``, ``resnet18``, ...) on a batch of 128 images (bf16 autocast on CUDA)."""
 
-    def loss_fn() -> torch.Tensor:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return nn.functional.cross_entropy(model(x), y)
+    def build(device: torch.device):
+        model = create_model(name, num_classes=10).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        x = torch.randn(128, 3, 32, 32, device=device)
+        y = torch.randint(0, 10, (128,), device=device)
 
-    return model, loss_fn
+        def loss_fn() -> torch.Tensor:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                return nn.functional.cross_entropy(model(x), y)
 
+        return model, loss_fn
 
-def lstm_workload(device: torch.device):
-    """2-layer 200-unit LSTM language model, vocabulary 10,000, batch 20 x bptt 35."""
-    model = create_model("lstm", num_classes=10000, embedding_size=200, hidden_size=200, num_layers=2).to(device)
-    tokens = torch.randint(0, 10000, (36, 20), device=device)
-
-    def loss_fn() -> torch.Tensor:
-        logits, _ = model(tokens[:-1])
-        return nn.functional.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten())
-
-    return model, loss_fn
+    return build
 
 
-#: name on the command line -> (label in the table, workload)
-WORKLOADS = {"resnet20": ("resnet20 (batch 128)", resnet20_workload), "lstm": ("lstm 2x200 (20x35)", lstm_workload)}
+def lstm_workload(size: int) -> Callable:
+    """2-layer LSTM language model of ``size`` units, vocabulary 10,000, batch 20 x bptt 35."""
+
+    def build(device: torch.device):
+        model = create_model("lstm", num_classes=10000, embedding_size=size, hidden_size=size, num_layers=2)
+        model = model.to(device)
+        tokens = torch.randint(0, 10000, (36, 20), device=device)
+
+        def loss_fn() -> torch.Tensor:
+            logits, _ = model(tokens[:-1])
+            return nn.functional.cross_entropy(logits.flatten(0, 1), tokens[1:].flatten())
+
+        return model, loss_fn
+
+    return build
+
+
+#: name on the command line -> (label in the table, workload). scripts/gpu_check.py times larger ones on CUDA
+#: (``image_workload("resnet34")``, ``lstm_workload(650)``).
+WORKLOADS = {
+    "resnet20": ("resnet20 (batch 128)", image_workload("resnet20")),
+    "lstm": ("lstm 2x200 (20x35)", lstm_workload(200)),
+}
 
 
 # ----------------------------------------------------------------------------------- the naive reference
@@ -113,6 +126,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed_seconds(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds ``fn`` takes, from an idle device: CUDA events on CUDA (the GPU's clock), the host clock on CPU."""
+    sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start_s = time.perf_counter()
+    fn()
+    return time.perf_counter() - start_s
+
+
 def interleaved_seconds(
     fns: list[Callable[[], None]], device: torch.device, repeats: int, warmup: int = 3
 ) -> list[list[float]]:
@@ -125,11 +153,7 @@ def interleaved_seconds(
     for round_ in range(repeats):
         order = range(len(fns)) if round_ % 2 == 0 else reversed(range(len(fns)))
         for i in order:
-            sync(device)
-            start = time.perf_counter()
-            fns[i]()
-            sync(device)
-            times[i].append(time.perf_counter() - start)
+            times[i].append(timed_seconds(fns[i], device))
     return times
 
 
