@@ -451,3 +451,44 @@ def test_cli_data_root_that_is_a_file_is_one_line(tmp_path):
     assert proc.returncode == 2
     line = _one_line_error(proc)
     assert f"invalid data_root='{a_file}'" in line and "is a file" in line and "mkdir" not in proc.stderr
+
+
+def test_one_process_per_run_folder(tmp_path):
+    from xgrad.errors import FolderInUse
+    from xgrad.rundir import hold
+
+    cfg = make_cfg([*TINY, "epochs=1"])
+    with hold(tmp_path), pytest.raises(FolderInUse, match=f"in use by process {os.getpid()} on "):
+        train(cfg, tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+    # A lock file left by a killed run (its process is gone, and with it the lock) is taken over.
+    (tmp_path / ".lock").write_text("process 999999 on elsewhere (since 2020-01-01 00:00:00 UTC)\n")
+    assert train(cfg, tmp_path).status == "completed"
+
+
+def test_cli_second_launch_into_a_running_folder_exits_2(tmp_path):
+    from xgrad.rundir import hold
+
+    run_dir = tmp_path / "run"
+    with hold(run_dir):
+        proc = run_cli([*TINY, "epochs=1", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 2
+    assert f"in use by process {os.getpid()}" in _one_line_error(proc)
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing written, the launch's files removed
+
+
+def test_cli_rejected_run_leaves_a_folder_it_did_not_create(tmp_path):
+    """Finding 3: a bad value with hydra.run.dir=<someone's folder holding .hydra/ and logs> deleted it."""
+    folder = tmp_path / "someones_logs"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("theirs: 1\n")
+    (folder / "train.log").write_text("their log\n")
+    proc = run_cli([*TINY, "batch_size=0", f"hydra.run.dir={folder}"], tmp_path)
+    assert proc.returncode == 2
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [
+        ".hydra",
+        ".hydra/config.yaml",
+        "train.log",
+    ]
+    assert (folder / ".hydra" / "config.yaml").read_text() == "theirs: 1\n"
+    assert (folder / "train.log").read_text() == "their log\n"

@@ -271,3 +271,31 @@ def test_sweep_summary_counts_a_summary_that_is_not_an_object_as_unreadable(tmp_
     (tmp_path / "a" / "summary.json").write_text("[1]")
     counts, problems = summarize_sweep(tmp_path)
     assert counts == {"unreadable": 1} and problems[0][0] == tmp_path / "a"
+
+
+def test_relaunch_while_a_job_runs_skips_it_and_says_so(tmp_path):
+    from hydra import initialize_config_dir
+
+    from xgrad.identity import run_name
+    from xgrad.rundir import hold
+
+    sweep = tmp_path / "sweep"
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        busy = sweep / run_name([*TINY_1, "optimizer=adamw"]) / "seed=0"
+    with hold(busy):  # as if an earlier launch of the sweep were still running that job
+        proc = run_cli(["-m", *TINY_1, "optimizer=sgdm,adamw", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 jobs: 1 completed, 1 running elsewhere" in proc.stdout and str(busy) in proc.stdout
+    assert not (busy / "summary.json").exists()
+
+
+def test_joblib_two_spellings_of_one_run_never_run_at_once(tmp_path):
+    """Finding 6: optimizer.lr=0.001,1e-3 ran both jobs into one folder at once and reported "1 jobs"."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *TINY_1, "optimizer.lr=0.001,1e-3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (log,) = sweep.rglob("run.log")
+    assert log.read_text().count("epoch 1/1") == 1  # trained once
+    assert "1 running elsewhere" in proc.stdout or "already completed" in log.read_text()

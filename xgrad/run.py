@@ -8,10 +8,8 @@ Examples::
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -21,9 +19,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from xgrad.data import DataError
-from xgrad.errors import ConfigError, ResumeError, RunFolderError, error_text
+from xgrad.errors import ConfigError, FolderInUse, ResumeError, RunFolderError, error_text
 from xgrad.identity import run_name
 from xgrad.rundir import SUMMARY, read_summary_if_valid, write_summary
+from xgrad.sweep import BUSY, REFUSED, record_event, remove_created
 from xgrad.trainer import base_summary, train
 
 log = logging.getLogger("xgrad")
@@ -33,11 +32,6 @@ log = logging.getLogger("xgrad")
 OmegaConf.register_new_resolver("xgrad_dirname", lambda overrides: run_name(overrides), replace=True)
 
 
-def _only_launch_files(folder: Path) -> bool:
-    """Whether ``folder`` holds nothing but what Hydra wrote when the job started (config and log)."""
-    return folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir())
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point: train ``cfg`` in its run folder; in a multirun, a failed job never stops the rest."""
@@ -45,27 +39,21 @@ def main(cfg: DictConfig) -> None:
     folder = Path(hydra_cfg.runtime.output_dir)
     overrides = run_name(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if (folder / SUMMARY).exists():
-        os.utime(folder / SUMMARY)  # marks the job as part of this launch for the sweep summary
     try:
         result = train(cfg, folder, overrides)
-    except RunFolderError as e:  # the folder is another run's: nothing in it is written or removed
+    except RunFolderError as e:  # another process's or another configuration's folder: nothing is written there
         log.error("%s", e)
-        if multirun:
+        if multirun:  # the sweep summary lists it
+            status = BUSY if isinstance(e, FolderInUse) else REFUSED
+            record_event(Path(hydra_cfg.sweep.dir), folder, status, str(e))
             return
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _reject(folder, e)
     except (ConfigError, DataError, ResumeError) as e:
         log.error("%s", e)
         if multirun:  # the sweep summary lists it
             _record_failure(folder, cfg, overrides, str(e))
             return
-        if not isinstance(e, ResumeError) and _only_launch_files(folder):
-            shutil.rmtree(folder)  # a typo leaves no run folder behind, nor an empty <overrides>/ above it
-            with contextlib.suppress(OSError):
-                folder.parent.rmdir()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        _reject(folder, e)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {folder}\nre-run the same command to resume from the last finished epoch",
               file=sys.stderr)  # fmt: skip
@@ -78,9 +66,18 @@ def main(cfg: DictConfig) -> None:
         if not summary or summary.get("status") != "failed":  # failed before training began: record it
             _record_failure(folder, cfg, overrides, error_text(e))
         return
+    if result.skipped and (folder / SUMMARY).exists():
+        os.utime(folder / SUMMARY)  # marks the job as part of this launch for the sweep summary
     if not multirun and int(os.environ.get("RANK", "0")) == 0:
         verb = "was already" if result.skipped else "is"
         print(f"run {verb} {result.status}: {folder}")
+
+
+def _reject(folder: Path, error: Exception) -> None:
+    """End a rejected single run: remove what its launch created (nothing that was there before), one line, exit 2."""
+    remove_created(folder)
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _record_failure(folder: Path, cfg: DictConfig, overrides: str, error: str) -> None:

@@ -6,13 +6,17 @@ never leaves a half-written file behind: readers see either the old version or t
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime as dt
+import fcntl
 import io
 import json
 import math
 import os
+import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "SUMMARY",
     "atomic_write",
+    "hold",
     "read_config",
     "read_metrics",
     "read_summary",
@@ -40,6 +45,7 @@ __all__ = [
 SCHEMA_VERSION = 1
 METRICS, SUMMARY, CHECKPOINT = "metrics.csv", "summary.json", "checkpoint.pt"
 CONFIG = "config.yaml"  # the resolved configuration the run started with; written once, when it starts
+LOCK = ".lock"  # held (flock) by the one process running in the folder; names it (pid, host) while held
 _UMASK = os.umask(0)  # reading the umask means setting it: done once, at import, before any thread starts
 os.umask(_UMASK)
 
@@ -58,6 +64,38 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def hold(folder: Path) -> Iterator[None]:
+    """Hold ``folder`` for this process: one run per folder at a time.
+
+    An exclusive ``fcntl.flock`` on ``folder/.lock``, held until the block ends. The kernel drops the lock of a
+    process that dies, so a stale lock file (a killed run) is simply taken over. Raises
+    :class:`~xgrad.errors.FolderInUse` naming the holder (pid, host, since when) when another process holds it.
+    """
+    from xgrad.errors import FolderInUse
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise FolderInUse(
+                f"{folder} is in use by {holder}: one run per folder; wait for it to end (or stop it), "
+                "or run into another folder"
+            ) from None
+        since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {since})\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # the file stays: removing it would race with a process about to lock it
+    finally:
+        os.close(fd)
 
 
 def _json_safe(value: Any) -> Any:

@@ -37,6 +37,7 @@ from xgrad.rundir import (
     CONFIG,
     METRICS,
     SCHEMA_VERSION,
+    hold,
     read_config,
     read_summary,
     remove_stale_temporaries,
@@ -496,10 +497,16 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
     """Train ``cfg`` into ``folder``: resume if a checkpoint exists, skip if already finished.
 
     Raises :class:`ConfigError` (nothing written) for a bad configuration, :class:`ConfigMismatch` (nothing
-    written) when ``folder`` holds a run of another configuration; any other exception marks the run ``failed``
-    in ``summary.json`` with the error and is re-raised.
+    written) when ``folder`` holds a run of another configuration, :class:`FolderInUse` when another process
+    runs there; any other exception marks the run ``failed`` in ``summary.json`` with the error and is re-raised.
     """
     folder = Path(folder)
+    # One process per run folder; under torchrun rank 0 holds it for all ranks.
+    with hold(folder) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
+        return _train(cfg, folder, overrides)
+
+
+def _train(cfg: DictConfig, folder: Path, overrides: str) -> RunResult:
     for path in remove_stale_temporaries(folder):
         log.info("removed %s, left by a write that was killed", path.name)
     new_record = _check_identity(folder, cfg)
