@@ -1,11 +1,14 @@
 """Benchmark weight prediction: cost of predict + restore against the optimizer step and a whole training step.
 
-For a CIFAR ResNet-20 (batch 128) and a 2-layer 200-unit PTB-sized LSTM (batch 20 x 35 tokens), per optimizer,
-on CPU and on CUDA when present, prints the median time of ``optimizer.step()`` (foreach), of predict + restore,
-of a whole training step without and with prediction, their ratios, the extra memory, and our speedup over a
-naive reference (a Python loop over parameters with a clone-based cache, as the paper's released code does).
+For a CIFAR ResNet-20 (batch 128) and a 2-layer 200-unit PTB-sized LSTM (batch 20 x 35 tokens), per optimizer
+and prediction method (the registered rule, and extrapolation of the last update, the only method for Muon and
+Lion), on CPU and on CUDA when present, prints the median time of ``optimizer.step()`` (foreach), of predict +
+restore (for extrapolation including the step pre-hook's copy of theta_{t-1}), of a whole training step without
+and with prediction, their ratios, the extra memory, and, for the rules, our speedup over a naive reference (a
+Python loop over parameters with a clone-based cache, as the paper's released code does).
 
-    python scripts/bench_predict.py [--device cpu cuda] [--repeats 50] [--out results/bench_predict.md]
+    python scripts/bench_predict.py [--device cpu cuda] [--repeats 50] [--methods rule extrapolate]
+                                    [--out results/bench_predict.md]
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from torch import nn
 
 from xgrad import WeightPredictor
 from xgrad.models import create_model
-from xgrad.optim import AdaM3, create_optimizer
+from xgrad.optim import AdaM3, MissingExtraError, create_optimizer
 
 OPTIMIZERS = {
     "sgdm": {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
@@ -32,7 +35,11 @@ OPTIMIZERS = {
     "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
     "adabelief": {"lr": 1e-3, "eps": 1e-8, "weight_decay": 5e-4},
     "adam3": {"lr": 1e-3, "eps": 1e-8, "weight_decay": 5e-4},
+    "muon": {},  # the suite's defaults: Muon on the hidden weight matrices, AdamW on the rest
+    "lion": {},  # pytorch-optimizer's Lion (the extra-optim extra); skipped when it is not installed
 }
+#: Optimizers with a registered rule (the others are predicted by extrapolation only).
+WITH_RULE = ("sgdm", "adam", "adamw", "adabelief", "adam3")
 
 
 # ----------------------------------------------------------------------------------- workloads
@@ -158,28 +165,43 @@ def interleaved_seconds(
 
 
 def bench_one(
-    workload, optimizer_name: str, device: torch.device, repeats: int, step_repeats: int, with_compiled: bool
+    workload,
+    optimizer_name: str,
+    method: str,
+    device: torch.device,
+    repeats: int,
+    step_repeats: int,
+    with_compiled: bool,
 ) -> dict:
     torch.manual_seed(0)
     model, loss_fn = workload(device)
-    optimizer = create_optimizer(optimizer_name, model.parameters(), foreach=True, **OPTIMIZERS[optimizer_name])
-    predictor = WeightPredictor(optimizer, steps=1)
-    compiled = WeightPredictor(optimizer, steps=1, compile=True) if with_compiled else None
-    naive = NaivePredictor(optimizer, steps=1)
+    hp = OPTIMIZERS[optimizer_name]
+    optimizer = create_optimizer(optimizer_name, model, foreach=True, **hp)
+    # The baseline steps with a twin optimizer: extrapolation's step pre-hook (its copy of theta_{t-1}) belongs to
+    # the cost of prediction, so the step without prediction must run without it.
+    baseline = create_optimizer(optimizer_name, model, foreach=True, **hp)
+    predictor = WeightPredictor(optimizer, steps=1, method=method)
+    rule = method == "rule"
+    compiled = WeightPredictor(optimizer, steps=1, compile=True) if with_compiled and rule else None
+    naive = NaivePredictor(optimizer, steps=1) if rule else None
 
     def train_step(with_prediction: bool) -> None:
-        optimizer.zero_grad(set_to_none=True)
+        step_with = optimizer if with_prediction else baseline
+        step_with.zero_grad(set_to_none=True)
         if with_prediction:
             predictor.predict()
         loss_fn().backward()
         if with_prediction:
             predictor.restore()
-        optimizer.step()
+        step_with.step()
 
-    train_step(False)  # creates the optimizer state, so every parameter is predicted from here on
+    for with_prediction in (False, True, True):  # optimizer states exist, and extrapolation has theta_{t-1}
+        train_step(with_prediction)
     loss_fn().backward()  # gradients stay in place for the timed optimizer.step() calls
 
     def predict_restore() -> None:
+        if not rule:
+            predictor._save_previous()  # what the step pre-hook does in optimizer.step(), timed here instead
         predictor.predict()
         predictor.restore()
 
@@ -192,11 +214,16 @@ def bench_one(
         compiled.restore()
 
     # Stepping repeatedly with the same gradients is fine for timing: the work per step does not change.
-    fns = [optimizer.step, predict_restore, naive_predict_restore]
+    fns = [baseline.step, predict_restore]
+    if naive is not None:
+        fns.append(naive_predict_restore)
     if compiled is not None and optimizer_name != "sgdm":  # SGD has no fused path
         compiled_predict_restore()  # compiles (seconds) before timing
         fns.append(compiled_predict_restore)
-    step_s, ours_s, naive_s, *compiled_s = map(statistics.median, interleaved_seconds(fns, device, repeats))
+    medians = list(map(statistics.median, interleaved_seconds(fns, device, repeats)))
+    step_s, ours_s = medians[:2]
+    naive_s = medians[2] if naive is not None else float("nan")
+    compiled_s = medians[3:] if naive is not None else []
     # The overhead is the median of per-round ratios: a whole step is ~100x the prediction, so the ratio of two
     # separate medians would mostly measure drift between rounds.
     plain, pred = interleaved_seconds([lambda: train_step(False), lambda: train_step(True)], device, step_repeats)
@@ -215,21 +242,21 @@ def bench_one(
     }
 
 
-def markdown_table(rows: list[tuple[str, str, str, dict]]) -> str:
+def markdown_table(rows: list[tuple[str, str, str, str, dict]]) -> str:
     head = (
-        "| device | model | optimizer | step() ms | predict+restore ms | ratio to step | naive ms | speedup vs naive "
-        "| compile=True ms (ratio to step) | train step ms | with prediction ms | overhead "
+        "| device | model | optimizer | method | step() ms | predict+restore ms | ratio to step | naive ms "
+        "| speedup vs naive | compile=True ms (ratio to step) | train step ms | with prediction ms | overhead "
         "| predict+restore / train step | extra MiB (params MiB) |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
-    for device, model, opt, r in rows:
-        c = r["compiled_ms"]
+    for device, model, opt, method, r in rows:
+        c, n = r["compiled_ms"], r["naive_ms"]
         compiled = "n/a" if math.isnan(c) else f"{c:.3f} ({c / r['step_ms']:.2f}x)"
+        naive = "n/a | n/a" if math.isnan(n) else f"{n:.3f} | {n / r['predict_restore_ms']:.1f}x"
         lines.append(
-            f"| {device} | {model} | {opt} | {r['step_ms']:.3f} | {r['predict_restore_ms']:.3f} "
-            f"| {r['predict_restore_ms'] / r['step_ms']:.2f}x | {r['naive_ms']:.3f} "
-            f"| {r['naive_ms'] / r['predict_restore_ms']:.1f}x "
+            f"| {device} | {model} | {opt} | {method} | {r['step_ms']:.3f} | {r['predict_restore_ms']:.3f} "
+            f"| {r['predict_restore_ms'] / r['step_ms']:.2f}x | {naive} "
             f"| {compiled} "
             f"| {r['train_ms']:.1f} | {r['train_pred_ms']:.1f} "
             f"| {100 * r['overhead']:+.1f}% | {100 * r['predict_restore_ms'] / r['train_ms']:.2f}% "
@@ -243,6 +270,8 @@ def main() -> None:
     parser.add_argument("--device", nargs="+", default=["cpu", "cuda"], help="devices to try (cuda skipped if absent)")
     parser.add_argument("--models", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    parser.add_argument("--methods", nargs="+", default=["rule", "extrapolate"], choices=["rule", "extrapolate"],
+                        help="prediction methods to time (rule only where the optimizer has one)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=200, help="timed repeats of step and predict+restore")
     parser.add_argument("--step-repeats", type=int, default=30, help="timed repeats of whole training steps")
     parser.add_argument("--no-compiled", action="store_true", help="skip the compile=True predictor")
@@ -258,9 +287,17 @@ def main() -> None:
         for name in args.models:
             model_name, workload = WORKLOADS[name]
             for opt in args.optimizers:
-                result = bench_one(workload, opt, device, args.repeats, args.step_repeats, not args.no_compiled)
-                rows.append((device.type, model_name, opt, result))
-                print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
+                for method in args.methods:
+                    if method == "rule" and opt not in WITH_RULE:
+                        continue
+                    try:
+                        result = bench_one(workload, opt, method, device, args.repeats, args.step_repeats,
+                                           not args.no_compiled)  # fmt: skip
+                    except MissingExtraError as e:  # Lion without pytorch-optimizer
+                        print(f"skipped {opt}: {e}", file=sys.stderr)
+                        break
+                    rows.append((device.type, model_name, opt, method, result))
+                    print(markdown_table(rows[-1:]).splitlines()[-1], flush=True)
     table = markdown_table(rows)
     print()
     print(table)
@@ -276,7 +313,9 @@ def main() -> None:
             "(median of per-round ratios; noisy on a shared CPU) and, more precisely, the predict+restore time as "
             "a share of a training step; `extra MiB` = the "
             "predictor's spare buffers (one copy of the parameters, allocated once); `compile=True` = the "
-            "opt-in torch.compile-fused prediction (Adam family only; n/a for SGDM).\n\n"
+            "opt-in torch.compile-fused prediction (Adam family only; n/a for SGDM). `method` = the registered "
+            "rule, or extrapolation of the last update (predict+restore then includes the step pre-hook's copy of "
+            "theta_{t-1}; the step without prediction runs without that hook); naive and compiled: rules only.\n\n"
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_suffix(".tmp")
