@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -57,3 +58,23 @@ def test_without_prediction_the_summary_has_no_method(tmp_path):
 def test_predict_method_config_errors(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         train(make_cfg([*TINY, *overrides]), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "preset", ["cpu_demo_text", "ptb_awd_lstm_1layer", "ptb_awd_lstm_3layer", "ptb_zaremba_small", "ptb_zaremba_medium"]
+)
+def test_presets_with_lr_tables_take_every_optimizer(preset):
+    """The language presets' lr and eps tables name the paper's optimizers; any other gets its own default."""
+    import torch
+
+    from xgrad.optim import create_optimizer
+    from xgrad.tasks import config_kwargs
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4), torch.nn.Linear(4, 10))
+    for name, spec in OPTIMIZERS.items():
+        if spec.extra and importlib.util.find_spec("pytorch_optimizer") is None:
+            continue
+        hp = config_kwargs(make_cfg([f"experiment={preset}", f"optimizer={name}"]).optimizer)
+        optimizer = create_optimizer(name, model, **hp)
+        if name not in ("sgd", "sgdm", "adam", "adamw", "adabelief", "adam3"):
+            assert optimizer.param_groups[0]["lr"] == spec.defaults["lr"]
