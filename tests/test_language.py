@@ -233,6 +233,31 @@ def test_weight_drop_drops_and_only_in_training():
         assert torch.allclose(dropped.eval()(tokens)[0], plain(tokens)[0])
 
 
+def test_weight_drop_never_makes_the_lstm_repack_its_weights():
+    """The dropped matrix goes to the LSTM kernel without being assigned to the nn.LSTM, so the LSTM never calls
+    flatten_parameters (on CUDA: a copy of all its weights into a new buffer, twice per forward when the matrix is
+    swapped in and out, which would also move the storage the predictor's spares mirror); outputs are those of
+    swapping it in with functional_call."""
+    torch.manual_seed(0)
+    model = create_model("awd_lstm", num_classes=30, embedding_size=8, hidden_size=16, num_layers=2, weight_drop=0.5)
+    repacks = []
+    for rnn in model.rnns:
+        rnn.lstm.flatten_parameters = lambda: repacks.append(1)  # shadows nn.LSTM's method
+    tokens = torch.randint(0, 30, (6, 2))
+    model(tokens)[0].sum().backward()
+    model.eval()
+    model(tokens)
+    assert repacks == []
+    layer = model.rnns[0].train()
+    x, zeros = torch.randn(5, 2, 8), (torch.zeros(1, 2, 16), torch.zeros(1, 2, 16))
+    torch.manual_seed(3)
+    ours, (h, c) = layer(x)
+    torch.manual_seed(3)
+    dropped = torch.nn.functional.dropout(layer.lstm.weight_hh_l0, p=0.5, training=True)
+    reference, (h_ref, c_ref) = torch.func.functional_call(layer.lstm, {"weight_hh_l0": dropped}, (x, zeros))
+    assert torch.equal(ours, reference) and torch.equal(h, h_ref) and torch.equal(c, c_ref)
+
+
 def test_weight_drop_uses_the_predicted_weights():
     torch.manual_seed(0)
     model = create_model("awd_lstm", num_classes=40, embedding_size=8, hidden_size=16, num_layers=2)

@@ -17,15 +17,20 @@ embedding size so that the decoder can share the embedding matrix), and five reg
 
 Weight drop and prediction: XGrad's :class:`~xgrad.WeightPredictor` swaps the storage of every registered
 parameter (``p.data = predicted``). The dropped hidden-to-hidden matrix is therefore derived from the registered
-parameter ``lstm.weight_hh_l0`` on every forward (via :func:`torch.func.functional_call`) and never cached, so the
-forward always sees whatever weights the parameter holds, and the gradient flows back to the parameter.
+parameter ``lstm.weight_hh_l0`` on every forward and never cached, so the forward always sees whatever weights the
+parameter holds, and the gradient flows back to the parameter. It goes straight to the LSTM kernel with the other
+weights (``torch.lstm``, what ``nn.LSTM.forward`` calls) and is never assigned to the module: ``nn.LSTM`` re-packs
+its weights for cuDNN (``flatten_parameters``, a copy into a new buffer) whenever a weight attribute changes, which
+swapping the matrix in and out (``torch.func.functional_call``) would do twice per forward; awd-lstm-lm avoids the
+same by disabling ``flatten_parameters`` on its weight-dropped LSTMs. So the LSTM's weights keep their one packed
+chunk (set by ``.to(device)``), and the predictor's spares mirror it.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from xgrad.models import register_model
 
@@ -71,8 +76,14 @@ class WeightDropLSTM(nn.Module):
     def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if not self.training or self.weight_drop == 0:
             return self.lstm(x, hx)
-        dropped = F.dropout(self.lstm.weight_hh_l0, p=self.weight_drop, training=True)
-        return functional_call(self.lstm, {"weight_hh_l0": dropped}, (x, hx))
+        lstm = self.lstm
+        if hx is None:
+            hx = (x.new_zeros(1, x.shape[1], self.hidden_size), x.new_zeros(1, x.shape[1], self.hidden_size))
+        dropped = F.dropout(lstm.weight_hh_l0, p=self.weight_drop, training=True)
+        weights = [lstm.weight_ih_l0, dropped, lstm.bias_ih_l0, lstm.bias_hh_l0]
+        # nn.LSTM.forward's own call, with the dropped matrix in place of weight_hh_l0 (see the module docstring).
+        output, h, c = torch.lstm(x, hx, weights, True, 1, 0.0, True, False, False)
+        return output, (h, c)
 
 
 class AWDLSTM(nn.Module):
