@@ -147,3 +147,53 @@ def assert_resume_is_exact(overrides: list[str], tmp_path: Path, monkeypatch: py
     b = torch.load(killed / "checkpoint.pt", weights_only=False)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     return whole
+
+
+# A driver that runs ``python -m xgrad.run ARGS`` with a disk that fills up while the second checkpoint is written
+# (every write into a checkpoint after the first raises ENOSPC, as a full disk does; other files still fit).
+FULL_DISK_DRIVER = """
+import errno, runpy, sys
+import xgrad.rundir as rundir
+
+original, seen = rundir._open_temporary, []
+
+
+class Full:
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def opener(fd, path):
+    file = original(fd, path)
+    if path.name.startswith(".checkpoint.pt."):
+        seen.append(path)
+        if len(seen) >= 2:
+            return Full(file)
+    return file
+
+
+rundir._open_temporary = opener
+sys.argv[0] = "xgrad.run"
+runpy.run_module("xgrad.run", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_cli_with_full_disk(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``run_cli`` whose disk is full from the second checkpoint on (see :data:`FULL_DISK_DRIVER`)."""
+    driver = cwd / "full_disk_driver.py"
+    driver.write_text(FULL_DISK_DRIVER)
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(driver), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip

@@ -492,3 +492,75 @@ def test_cli_rejected_run_leaves_a_folder_it_did_not_create(tmp_path):
     ]
     assert (folder / ".hydra" / "config.yaml").read_text() == "theirs: 1\n"
     assert (folder / "train.log").read_text() == "their log\n"
+
+
+# ----------------------------------------------------------------------------------- clear failures
+
+
+def _fill_disk_at_second_checkpoint(monkeypatch):
+    import errno
+
+    from xgrad import rundir
+
+    original, seen = rundir._open_temporary, []
+
+    def opener(fd, path):
+        file = original(fd, path)
+        if path.name.startswith(".checkpoint.pt."):
+            seen.append(path)
+            if len(seen) >= 2:
+                file.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+        return file
+
+    monkeypatch.setattr(rundir, "_open_temporary", opener)
+
+
+def test_disk_full_is_said_and_the_summary_claims_only_what_was_saved(tmp_path, monkeypatch):
+    """Finding 8: "enforce fail at inline_container.cc", and a failed summary claiming 2 epochs where 1 was saved."""
+    from xgrad.errors import DiskFull
+
+    _fill_disk_at_second_checkpoint(monkeypatch)
+    with pytest.raises(DiskFull, match=r"disk full \(no space left on device\) while writing .*checkpoint\.pt"):
+        train(make_cfg([*TINY, "epochs=3"]), tmp_path)
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "failed" and "disk full" in summary["error"] and "enforce" not in summary["error"]
+    assert summary["epochs_done"] == 1 == len(read_metrics(tmp_path)) and summary["best_epoch"] == 1
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["progress"]["epoch"] == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_cli_disk_full_single_run_and_sweep_job_are_one_line(tmp_path):
+    from tests.conftest import run_cli_with_full_disk
+
+    run_dir = tmp_path / "run"
+    proc = run_cli_with_full_disk([*TINY, "epochs=2", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 1
+    line = _one_line_error(proc)
+    assert line.startswith("error: disk full") and "enforce fail" not in proc.stderr
+    assert read_summary(run_dir)["epochs_done"] == 1
+    sweep = tmp_path / "sweep"
+    proc = run_cli_with_full_disk(["-m", *TINY, "epochs=2", "optimizer=sgdm", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 1 and "1 failed" in proc.stdout
+    (summary_path,) = sweep.rglob("summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "failed" and "DiskFull: disk full" in summary["error"]
+    assert summary["epochs_done"] == 1 and "disk full" in proc.stdout
+
+
+def test_checkpoint_of_another_model_or_configuration_is_one_line(tmp_path):
+    from xgrad.errors import ResumeError
+
+    lenet = tmp_path / "lenet"
+    train(make_cfg([*TINY, "epochs=1", "model=lenet"]), lenet)
+    state = torch.load(lenet / "checkpoint.pt", weights_only=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    torch.save(state, other / "checkpoint.pt")  # a checkpoint copied in from another run
+    with pytest.raises(ResumeError, match=r"is of another configuration .*model"):
+        train(make_cfg([*TINY, "epochs=1"]), other)
+    del state["identity"]  # as written before checkpoints recorded their configuration
+    torch.save(state, other / "checkpoint.pt")
+    with pytest.raises(ResumeError, match="does not fit this configuration"):
+        train(make_cfg([*TINY, "epochs=1"]), other)
+    proc = run_cli([*TINY, "epochs=1", f"hydra.run.dir={other}"], tmp_path)
+    assert proc.returncode == 2 and "does not fit this configuration" in _one_line_error(proc)

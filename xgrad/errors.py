@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import traceback
 
-__all__ = ["ConfigError", "ConfigMismatch", "FolderInUse", "ResumeError", "RunFolderError", "error_text"]
+__all__ = [
+    "ConfigError",
+    "ConfigMismatch",
+    "DiskFull",
+    "FolderInUse",
+    "ResumeError",
+    "RunFolderError",
+    "error_text",
+]
 
 
 class ConfigError(ValueError):
@@ -25,6 +33,10 @@ class ConfigMismatch(RunFolderError):
 
 class FolderInUse(RunFolderError):
     """Another process is running in the run folder; the message says which (pid, host)."""
+
+
+class DiskFull(RuntimeError):
+    """A write found no space left on its device; what was written before it is intact."""
 
 
 def error_text(error: BaseException) -> str:

@@ -8,6 +8,7 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -19,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from xgrad.data import DataError
-from xgrad.errors import ConfigError, FolderInUse, ResumeError, RunFolderError, error_text
+from xgrad.errors import ConfigError, DiskFull, FolderInUse, ResumeError, RunFolderError, error_text
 from xgrad.identity import run_name
 from xgrad.rundir import SUMMARY, read_summary_if_valid, write_summary
 from xgrad.sweep import BUSY, REFUSED, record_event, remove_created
@@ -54,6 +55,13 @@ def main(cfg: DictConfig) -> None:
             _record_failure(folder, cfg, overrides, str(e))
             return
         _reject(folder, e)
+    except DiskFull as e:  # earlier epochs are intact: the same command resumes once there is space
+        log.error("%s", e)
+        if multirun:
+            _record_failure(folder, cfg, overrides, error_text(e), only_if_unrecorded=True)
+            return
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {folder}\nre-run the same command to resume from the last finished epoch",
               file=sys.stderr)  # fmt: skip
@@ -62,9 +70,7 @@ def main(cfg: DictConfig) -> None:
         if not multirun:
             raise
         log.exception("job failed (see %s); the sweep goes on", folder / SUMMARY)
-        summary = read_summary_if_valid(folder)
-        if not summary or summary.get("status") != "failed":  # failed before training began: record it
-            _record_failure(folder, cfg, overrides, error_text(e))
+        _record_failure(folder, cfg, overrides, error_text(e), only_if_unrecorded=True)
         return
     if result.skipped and (folder / SUMMARY).exists():
         os.utime(folder / SUMMARY)  # marks the job as part of this launch for the sweep summary
@@ -80,8 +86,20 @@ def _reject(folder: Path, error: Exception) -> None:
     sys.exit(2)
 
 
-def _record_failure(folder: Path, cfg: DictConfig, overrides: str, error: str) -> None:
-    write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": error})
+def _record_failure(
+    folder: Path, cfg: DictConfig, overrides: str, error: str, only_if_unrecorded: bool = False
+) -> None:
+    """Mark a sweep job failed in its summary.json (unless training already did); on a full disk, in the sweep's
+    event file instead, so that the sweep summary still lists it."""
+    summary = read_summary_if_valid(folder)
+    if only_if_unrecorded and summary and summary.get("status") == "failed":
+        return
+    try:
+        write_summary(folder, {**base_summary(cfg, overrides, "failed"), "error": error})
+    except (OSError, DiskFull) as e:
+        log.error("cannot write %s: %s", folder / SUMMARY, e)
+        with contextlib.suppress(OSError):
+            record_event(Path(HydraConfig.get().sweep.dir), folder, "failed", error)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import errno
 import fcntl
 import io
 import json
@@ -50,20 +51,64 @@ _UMASK = os.umask(0)  # reading the umask means setting it: done once, at import
 os.umask(_UMASK)
 
 
+def _open_temporary(fd: int, path: Path) -> io.BufferedWriter:
+    """The file object of the temporary file ``path`` (a seam: the tests fill the disk here)."""
+    return os.fdopen(fd, "wb")
+
+
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary sibling, fsync it, and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``path`` through ``write(file)`` into a temporary sibling, fsync it, and rename it into place.
+
+    A full disk raises :class:`~xgrad.errors.DiskFull` naming ``path``; the earlier version of it stays.
+    """
+    from xgrad.errors import DiskFull
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DiskFull(_disk_full(path)) from e
+        raise
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for colleagues too
-        with os.fdopen(fd, "wb") as f:
+        with _open_temporary(fd, Path(tmp)) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise DiskFull(_disk_full(path)) from e
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _disk_full(path: Path) -> str:
+    return (
+        f"disk full (no space left on device) while writing {path}: free some space, then re-run the same "
+        "command to resume from the last saved epoch"
+    )
+
+
+class _WriteErrors:
+    """A file whose write errors are kept: ``torch.save`` turns them into a C++ "enforce fail" message."""
+
+    def __init__(self, file: io.BufferedWriter) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.file, name)
 
 
 @contextlib.contextmanager
@@ -206,4 +251,14 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 def save_checkpoint(folder: Path, state: dict[str, Any]) -> None:
     """Atomically save ``checkpoint.pt``."""
-    atomic_write(folder / CHECKPOINT, lambda f: torch.save(state, f))
+
+    def write(f: io.BufferedWriter) -> None:
+        file = _WriteErrors(f)
+        try:
+            torch.save(state, file)
+        except RuntimeError:
+            if file.error is not None:  # the real cause (e.g. a full disk), not PyTorch's rewording of it
+                raise file.error from None
+            raise
+
+    atomic_write(folder / CHECKPOINT, write)

@@ -27,7 +27,7 @@ from torch import nn
 
 from xgrad import WeightPredictor
 from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed
-from xgrad.errors import ConfigError, ConfigMismatch, ResumeError, error_text
+from xgrad.errors import ConfigError, ConfigMismatch, DiskFull, ResumeError, error_text
 from xgrad.identity import config_id, differences, identity, pair_id
 from xgrad.optim import OPTIMIZERS, MissingExtraError, create_optimizer
 from xgrad.predict import PREDICTION_METHODS
@@ -189,6 +189,8 @@ class Progress:
 class Trainer:
     """Owns one run: builds task, optimizer, predictor and schedule from ``cfg``; trains; writes ``folder``."""
 
+    saved_epochs: int = 0  # the epochs checkpoint.pt and metrics.csv both hold: all a summary may claim
+
     def __init__(self, cfg: DictConfig, folder: Path, overrides: str = "") -> None:
         validate_config(cfg)
         self.cfg, self.folder, self.overrides = cfg, folder, overrides
@@ -264,14 +266,26 @@ class Trainer:
             state = torch.load(path, map_location=self.runtime.device, weights_only=False)
         except Exception as e:
             raise ResumeError(f"cannot read checkpoint {path}: {e} (delete it, or set resume=false)") from e
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.predictor and state["predictor"]:
-            self.predictor.load_state_dict(state["predictor"])
-        self.task.load_state_dict(state["task"])
-        _set_rng_state(state["rng"])
-        self.progress = Progress(**state["progress"])
+        recorded, current = state.get("identity") if isinstance(state, dict) else None, identity(self.cfg)
+        if recorded is not None and recorded != current:
+            shown = ", ".join(k for k, _, _ in differences(recorded, current)[:4])
+            raise ResumeError(f"checkpoint {path} is of another configuration (differs in {shown}); delete it, "
+                              "or set resume=false to start over")  # fmt: skip
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            if self.predictor and state["predictor"]:
+                self.predictor.load_state_dict(state["predictor"])
+            self.task.load_state_dict(state["task"])
+            _set_rng_state(state["rng"])
+            self.progress = Progress(**state["progress"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+            why = " ".join(str(e).split())[:160]
+            raise ResumeError(
+                f"checkpoint {path} does not fit this configuration (another model or optimizer? "
+                f"{type(e).__name__}: {why}); delete it, or set resume=false to start over"
+            ) from None
 
     # -------------------------------------------------------------------- one epoch
 
@@ -398,23 +412,40 @@ class Trainer:
     def _save(self, status: str) -> None:
         self.progress.wall_seconds += time.perf_counter() - self.started
         self.started = time.perf_counter()
+        # In this order, so that a summary never claims more epochs than checkpoint and metrics hold.
         if self.dist.is_main:
-            save_checkpoint(self.folder, self.checkpoint_state())
+            save_checkpoint(self.folder, {**self.checkpoint_state(), "identity": identity(self.cfg)})
             write_metrics(self.folder, self.progress.rows)
+        self.saved_epochs = self.progress.epoch
+        if self.dist.is_main:
             write_summary(self.folder, self.summary(status))
         barrier(self.dist)
+
+    def _best_epoch(self, rows: list[dict[str, Any]]) -> int | None:
+        """The best of ``rows`` (1-based): ``progress.best_epoch`` unless that epoch is not among them."""
+        best = self.progress.best_epoch
+        if best is None or best <= len(rows):
+            return best
+        key = f"{self.task.eval_splits[0]}_{self.task.metric}"
+        best = None
+        for i, row in enumerate(rows, start=1):
+            if math.isfinite(row[key]) and (best is None or self._better(row[key], rows[best - 1][key])):
+                best = i
+        return best
 
     def summary(self, status: str, error: str | None = None) -> dict[str, Any]:
         cfg, progress = self.cfg, self.progress
         summary = base_summary(cfg, self.overrides, status, synthetic=self.task.synthetic)
-        summary["epochs_done"] = progress.epoch
-        if progress.rows:
-            last = progress.rows[-1]
+        rows = progress.rows[: self.saved_epochs]  # an epoch whose files failed to write is not claimed
+        summary["epochs_done"] = len(rows)
+        if rows:
+            last = rows[-1]
             summary.update({f"final_{k}": v for k, v in last.items() if k.startswith(("train_", "val_", "test_"))})
-        if progress.best_epoch is not None:
-            best = progress.rows[progress.best_epoch - 1]
+        best_epoch = self._best_epoch(rows)
+        if best_epoch is not None:
+            best = rows[best_epoch - 1]
             summary.update({f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))})
-        summary["best_epoch"] = progress.best_epoch
+        summary["best_epoch"] = best_epoch
         summary["predict_method"] = self.predictor.method if self.predictor else None  # "auto" resolved
         summary["best_selected_on"] = self.task.eval_splits[0]
         summary.update(
@@ -518,6 +549,7 @@ def _train(cfg: DictConfig, folder: Path, overrides: str) -> RunResult:
     checkpoint = folder / CHECKPOINT
     if cfg.resume and checkpoint.exists():
         trainer.load_checkpoint(checkpoint)
+        trainer.saved_epochs = trainer.progress.epoch
         log.info("resuming %s after epoch %d", folder, trainer.progress.epoch)
     elif not cfg.resume:  # start over: nothing of the earlier run stays beside the new one
         for name in (CHECKPOINT, METRICS):
@@ -540,7 +572,10 @@ def _train(cfg: DictConfig, folder: Path, overrides: str) -> RunResult:
         error = error_text(e)
         summary = trainer.summary("failed" if not isinstance(e, KeyboardInterrupt) else "interrupted", error)
         if main:
-            write_summary(folder, summary)
+            try:
+                write_summary(folder, summary)
+            except (OSError, DiskFull) as write_error:  # e.g. the disk is still full: the first error is the one
+                log.warning("summary.json not updated: %s", write_error)
             trackers.finish(summary)
         raise
     finally:
