@@ -374,3 +374,30 @@ def test_muon_resumes_from_its_state_dict_bit_exactly():
     train(resumed, second, data[3:])
     for p, q in zip(whole.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("include_weight_decay", [False, True])
+def test_muon_is_predicted_by_extrapolating_both_kinds_of_groups(include_weight_decay):
+    """The predictor sees one optimizer: theta_t + s * (theta_t - theta_{t-1}) in every group, with the declared
+    decoupled decay (Muon's and AdamW's) taken out of the repeated update unless it is included."""
+    from xgrad import WeightPredictor
+
+    torch.manual_seed(0)
+    w, b = nn.Parameter(torch.randn(6, 4, dtype=torch.float64)), nn.Parameter(torch.randn(6, dtype=torch.float64))
+    optimizer = MuonWithAdamW([{"params": [w], "use_muon": True}, {"params": [b], "use_muon": False}], **_muon_hp())
+    predictor = WeightPredictor(optimizer, steps=2.0, include_weight_decay=include_weight_decay)
+    assert predictor.method == "extrapolate"
+    for _ in range(3):
+        before = [w.detach().clone(), b.detach().clone()]
+        w.grad, b.grad = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+        optimizer.step()
+    with predictor:
+        predicted = [w.detach().clone(), b.detach().clone()]
+    for p, previous, theta, group in zip(predicted, before, (w, b), optimizer.param_groups):
+        theta = theta.detach()
+        move = theta - previous
+        decay = group["lr"] * group["weight_decay"]
+        expected = theta + 2.0 * (move + decay * previous)  # the update without its decay, twice
+        if include_weight_decay:
+            expected -= 2.0 * decay * theta  # and the decay at the next lr, applied to theta_t
+        torch.testing.assert_close(p, expected, rtol=1e-12, atol=1e-12)
