@@ -401,3 +401,26 @@ def test_muon_is_predicted_by_extrapolating_both_kinds_of_groups(include_weight_
         if include_weight_decay:
             expected -= 2.0 * decay * theta  # and the decay at the next lr, applied to theta_t
         torch.testing.assert_close(p, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["adafactor", "lion"])
+def test_undeclared_decoupled_decay_is_declared_for_the_predictor(name):
+    """Adafactor and Lion decay theta *= 1 - lr * wd before their update: extrapolation leaves the decay out of the
+    repeated update (as for AdamW) instead of repeating it."""
+    from xgrad import WeightPredictor
+
+    if OPTIMIZERS[name].extra:
+        pytest.importorskip("pytorch_optimizer")
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
+    optimizer = create_optimizer(name, [w], lr=0.01, weight_decay=0.5)
+    assert optimizer.param_groups[0]["decoupled_weight_decay"] is True
+    predictor = WeightPredictor(optimizer, steps=1.0)
+    for _ in range(3):
+        previous = w.detach().clone()
+        w.grad = torch.randn(5, 3, dtype=torch.float64)
+        optimizer.step()
+    with predictor:
+        predicted = w.detach().clone()
+    theta = w.detach()
+    torch.testing.assert_close(predicted, theta + (theta - previous) + 0.01 * 0.5 * previous, rtol=1e-12, atol=1e-12)

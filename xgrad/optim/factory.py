@@ -176,6 +176,10 @@ class OptimizerSpec:
     source: str
     extra: str | None = None
     param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None
+    #: The class decays as ``theta *= 1 - lr * weight_decay`` before its update without saying so in its groups:
+    #: create_optimizer marks them ``decoupled_weight_decay=True``, so that weight prediction treats the decay as
+    #: AdamW's (left out unless ``predict_weight_decay``) instead of repeating it as part of the update.
+    decoupled_decay: bool = False
     #: Raised for a value the ranges cannot express (e.g. SGD without momentum given a momentum): (key, check, text).
     checks: tuple[tuple[str, Callable[[Any], bool], str], ...] = field(default_factory=tuple)
 
@@ -303,7 +307,7 @@ register_optimizer("adafactor", OptimizerSpec(
     # differently from the paper's 1e-30, see torch.optim.Adafactor's note). Decay is decoupled (theta * lr * wd).
     {"lr": lr(1e-2), "beta2_decay": _float(-0.8, None, 0.0), "d": positive(1.0), "weight_decay": _WD,
      "eps": Hyperparameter((None, 1e-3), tuple, 0.0, length=2, nullable=True)},
-    "extrapolate", "Adafactor", "Shazeer & Stern 2018 (torch.optim.Adafactor)",
+    "extrapolate", "Adafactor", "Shazeer & Stern 2018 (torch.optim.Adafactor)", decoupled_decay=True,
 ))  # fmt: skip
 register_optimizer("muon", OptimizerSpec(
     MuonWithAdamW,
@@ -325,7 +329,7 @@ register_optimizer("lion", OptimizerSpec(
     # Chen et al. 2023 ("Symbolic Discovery of Optimization Algorithms"), official google/automl lion_pytorch.py:
     # Lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0); decoupled decay.
     {"lr": lr(1e-4), "betas": betas(0.9, 0.99), "weight_decay": _WD},
-    "extrapolate", "Lion", "Chen et al. 2023, official lion_pytorch.py", _EXTRA,
+    "extrapolate", "Lion", "Chen et al. 2023, official lion_pytorch.py", _EXTRA, decoupled_decay=True,
 ))  # fmt: skip
 register_optimizer("soap", OptimizerSpec(
     optional("pytorch_optimizer", "SOAP", _EXTRA),
@@ -396,4 +400,8 @@ def create_optimizer(
         params = spec.param_groups(params) if spec.param_groups else params.parameters()
     if foreach is not None and _takes_foreach(spec.build):
         hp["foreach"] = foreach
-    return spec.build(params, **hp)
+    optimizer = spec.build(params, **hp)
+    if spec.decoupled_decay:
+        for group in optimizer.param_groups:
+            group.setdefault("decoupled_weight_decay", True)
+    return optimizer
