@@ -4,7 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench report clean sweep-cifar10 sweep-cifar100 sweep-ptb sweep-horizon
+.PHONY: install test lint demo bench report clean sweep-cifar10 sweep-cifar100 sweep-ptb sweep-horizon \
+	tune-demo tune-cifar10 tune-ptb tune-horizon
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +43,28 @@ sweep-ptb: $(STAMP)
 	$(PY) -m xgrad.run -m sweep=ptb_paper $(LAUNCHER)
 sweep-horizon: $(STAMP)
 	$(PY) -m xgrad.run -m sweep=horizon $(LAUNCHER)
+
+# The lr-tuning protocol (python -m xgrad.tune: a grid around each preset lr per arm on a validation split, then the
+# final seeds at the chosen lr; relaunch the same target to resume), then the study's report. REDUCED SCALE studies
+# of results/EVIDENCE_PLAN.md; DATA="data_root=PATH" points them at CIFAR-10 / PTB. Two 1-thread jobs at a time.
+TUNE_LAUNCHER ?= hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1
+DATA ?=
+ALL_OPTIMIZERS := optimizers=[sgdm,adam,adamw,adabelief,adam3]
+CIFAR_STUDY := experiment=cpu_cifar10_resnet20 train_subset=5000 val_size=1000 epochs=6
+PTB_STUDY := experiment=cpu_ptb_zaremba_small train_subset=100000 epochs=4
+tune-demo: $(STAMP)
+	$(PY) -m xgrad.tune study=demo experiment=cpu_demo val_size=500 optimizers=[sgdm,adamw] $(TUNE_LAUNCHER)
+	$(PY) -m xgrad.report outputs/tune/demo --out outputs/tune/demo_report
+tune-cifar10: $(STAMP)
+	$(PY) -m xgrad.tune study=cifar10 $(CIFAR_STUDY) $(ALL_OPTIMIZERS) $(TUNE_LAUNCHER) $(DATA)
+	$(PY) -m xgrad.report outputs/tune/cifar10 --out outputs/tune/cifar10_report
+tune-ptb: $(STAMP)
+	$(PY) -m xgrad.tune study=ptb $(PTB_STUDY) $(ALL_OPTIMIZERS) $(TUNE_LAUNCHER) $(DATA)
+	$(PY) -m xgrad.report outputs/tune/ptb --out outputs/tune/ptb_report
+# The horizon joins the CIFAR-10 study (its s=0 and s=1 arms are shared): SGDM and AdamW at s = 0.5, 2, 4.
+tune-horizon: $(STAMP)
+	$(PY) -m xgrad.tune study=cifar10 $(CIFAR_STUDY) optimizers=[sgdm,adamw] steps=[0.5,2,4] $(TUNE_LAUNCHER) $(DATA)
+	$(PY) -m xgrad.report outputs/tune/cifar10 --out outputs/tune/cifar10_report
 
 # Figures and tables from finished runs: make report [RESULTS=outputs/] [REPORT=outputs/report/]
 RESULTS ?= outputs/

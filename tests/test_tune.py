@@ -125,7 +125,7 @@ def test_bad_arguments_are_one_clear_error() -> None:
         parse_args(["factors=[0,1]"])
     with pytest.raises(ConfigError, match=r"steps=.*listed twice"):
         parse_args(["steps=[0,1,1]"])
-    with pytest.raises(ConfigError, match=r"phase='later'.*tune, final, all"):
+    with pytest.raises(ConfigError, match=r"phase='later'.*tune, final, all, plan"):
         parse_args(["phase=later"])
     with pytest.raises(ConfigError, match=r"'optimizer.lr=0.1'.*factors="):
         parse_args(["optimizer.lr=0.1"])
@@ -154,6 +154,19 @@ def test_a_study_folder_keeps_its_protocol(tmp_path: Path) -> None:
     write_study(tmp_path, plan_study(options, passed))
     code = main([f"dir={tmp_path}", "experiment=cpu_demo_text", "optimizers=[adam]", "epochs=9", "phase=final"])
     assert code == 2  # epochs=9 would mix two protocols in one folder
+
+
+def test_plan_phase_prints_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from xgrad.tune import main
+
+    args = [f"dir={tmp_path}/s", "experiment=cpu_demo", "val_size=9", "optimizers=[adamw]", "steps=[0,1,2]"]
+    args.append("phase=plan")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 arms, 9 tuning runs, then 6 final runs" in out
+    assert "optimizer.lr=0.000333,0.001,0.003 seed=0 predict=false,true" in out
+    assert "predict=true predict_steps=2" in out
+    assert not (tmp_path / "s").exists()
 
 
 # ----------------------------------------------------------------------------------- end to end

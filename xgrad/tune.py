@@ -47,9 +47,9 @@ DRIVER_KEYS: dict[str, Any] = {
     "factors": [1 / 3, 1, 3],  # the lr grid, as multiples of the preset's lr
     "tune_seeds": [0],  # seeds of the tuning runs (the lr is chosen on their mean validation metric)
     "seeds": [0, 1, 2],  # seeds of the final runs at the chosen lr
-    "phase": "all",  # tune (grid only), final (needs a finished grid), all
+    "phase": "all",  # tune (grid only), final (needs a finished grid), all, plan (print what would run)
 }
-PHASES = ("tune", "final", "all")
+PHASES = ("tune", "final", "all", "plan")
 REL_TOL = 1e-9  # two validation means this close are a tie
 
 
@@ -368,14 +368,17 @@ def merge(previous: Study | None, study: Study) -> Study:
     return study
 
 
-def multirun(folder: Path, overrides: list[str], passed: list[str]) -> int:
-    """Launch ``python -m xgrad.run -m`` for one grid into the study folder; return its exit code."""
+def multirun(folder: Path, overrides: list[str], passed: list[str], dry: bool = False) -> int:
+    """Launch ``python -m xgrad.run -m`` for one grid into the study folder; return its exit code.
+
+    ``dry``: only print the command (``phase=plan``).
+    """
     command = [sys.executable, "-m", "xgrad.run", "-m", *passed, *overrides, f"hydra.sweep.dir={folder}"]
     print("+ " + " ".join(command[1:]), flush=True)
-    return subprocess.run(command, env=os.environ.copy()).returncode
+    return 0 if dry else subprocess.run(command, env=os.environ.copy()).returncode
 
 
-def tune_phase(study: Study, folder: Path, passed: list[str]) -> int:
+def tune_phase(study: Study, folder: Path, passed: list[str], dry: bool = False) -> int:
     """Every arm's lr grid at the tune seeds: one multirun per (optimizer, horizon group), lrs and seeds swept."""
     failed = 0
     for optimizer in dict.fromkeys(a.optimizer for a in study.arms):
@@ -386,11 +389,11 @@ def tune_phase(study: Study, folder: Path, passed: list[str]) -> int:
         plain = [a for a in arms if a.steps in (0, 1)]  # off and s=1 (the default horizon) share one multirun
         if plain:
             predict = ",".join(str(a.predict).lower() for a in plain)
-            failed |= multirun(folder, [*common, f"predict={predict}"], passed) != 0
+            failed |= multirun(folder, [*common, f"predict={predict}"], passed, dry) != 0
         other = [a for a in arms if a.steps not in (0, 1)]
         if other:
             horizons = ",".join(f"{a.steps:g}" for a in other)
-            failed |= multirun(folder, [*common, "predict=true", f"predict_steps={horizons}"], passed) != 0
+            failed |= multirun(folder, [*common, "predict=true", f"predict_steps={horizons}"], passed, dry) != 0
     return int(failed)
 
 
@@ -420,12 +423,26 @@ def print_choices(study: Study) -> None:
         print(f"  {arm.optimizer:<10} {what:<18} lr {chosen}{note}: {sel.reason if sel else 'not tuned yet'}")
 
 
+def print_plan(study: Study, folder: Path, passed: list[str]) -> int:
+    """``phase=plan``: the arms, their grids, the number of runs and the tune commands; nothing is run or written."""
+    tune = sum(len(a.lrs) for a in study.arms) * len(study.tune_seeds)
+    final = len(study.arms) * len(set(study.seeds) - set(study.tune_seeds))
+    print(f"study {folder}: {len(study.arms)} arms, {tune} tuning runs, then {final} final runs at the chosen lrs")
+    for arm in study.arms:
+        what = "no prediction" if not arm.predict else f"prediction s={arm.steps:g}"
+        print(f"  {arm.optimizer:<10} {what:<18} preset lr {arm.preset_lr:g}: grid {', '.join(map(str, arm.lrs))}")
+    tune_phase(study, folder, passed, dry=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the protocol; return the exit code (0 done, 1 a run failed or an arm has no lr, 2 bad input)."""
     try:
         options, passed = parse_args(sys.argv[1:] if argv is None else argv)
         folder = Path(options["dir"] or Path("outputs") / "tune" / options["study"])
         study = merge(read_study(folder), plan_study(options, passed))
+        if options["phase"] == "plan":
+            return print_plan(study, folder, passed)
         folder.mkdir(parents=True, exist_ok=True)
         write_study(folder, study)
     except ConfigError as e:
