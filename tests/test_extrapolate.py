@@ -12,6 +12,7 @@ from torch import nn
 
 from xgrad import WeightPredictor
 from xgrad.optim import AdaBelief, AdaM3
+from xgrad.rundir import read_summary
 
 from .test_predict import make_params, pack_into_one_storage, storage_of
 
@@ -272,3 +273,13 @@ def test_checkpoint_of_another_method_is_refused():
         WeightPredictor(optimizer, method="extrapolate").load_state_dict(state)
     old = {"steps": 1.0, "include_weight_decay": False}  # a checkpoint from before extrapolation existed
     WeightPredictor(optimizer, method="rule").load_state_dict(copy.deepcopy(old))
+
+
+def test_runner_kill_and_resume_with_extrapolation_is_exact(tmp_path, monkeypatch):
+    """Through the real runner: the checkpoint carries theta_{t-1}, so a killed and resumed run matches."""
+    from .conftest import TINY, assert_resume_is_exact
+
+    overrides = [*TINY, "epochs=3", "optimizer=adamw", "predict=true", "predict_method=extrapolate",
+                 "scheduler=cosine"]  # fmt: skip
+    whole = assert_resume_is_exact(overrides, tmp_path, monkeypatch)
+    assert read_summary(whole)["predict_method"] == "extrapolate"
