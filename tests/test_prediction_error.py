@@ -183,3 +183,15 @@ def test_bad_prediction_error_every_is_a_config_error(tmp_path, value):
 
     with pytest.raises(ConfigError, match=rf"prediction_error_every={value!r}.*integer >= 0"):
         train(make_cfg([*TINY, f"prediction_error_every={value}"]), tmp_path)
+
+
+def test_cost_benchmark_script_runs(monkeypatch, capsys):
+    import runpy
+    import sys
+
+    from tests.conftest import ROOT
+
+    argv = ["bench_prediction_error.py", "--steps", "1", "--samples", "2", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(ROOT / "scripts" / "bench_prediction_error.py"), run_name="__main__")
+    assert "% of a step" in capsys.readouterr().out
