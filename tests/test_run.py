@@ -564,3 +564,39 @@ def test_checkpoint_of_another_model_or_configuration_is_one_line(tmp_path):
         train(make_cfg([*TINY, "epochs=1"]), other)
     proc = run_cli([*TINY, "epochs=1", f"hydra.run.dir={other}"], tmp_path)
     assert proc.returncode == 2 and "does not fit this configuration" in _one_line_error(proc)
+
+
+def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):
+    """Finding 9: W&B online without network stalled ~100 s per run before giving up."""
+    import contextlib
+    import socket
+    import threading
+    import warnings
+
+    pytest.importorskip("wandb")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held = []  # a server that accepts and never answers: what an unreachable W&B looks like to the client
+
+    def accept_and_hold() -> None:
+        with contextlib.suppress(OSError):  # the test closes the server
+            while True:
+                held.append(server.accept())
+
+    threading.Thread(target=accept_and_hold, daemon=True).start()
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_INIT_TIMEOUT", "3")
+    cfg = make_cfg([*TINY, "epochs=1", "logger=wandb", "logger.mode=online"])
+    start = time.monotonic()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train(cfg, tmp_path).status == "completed"
+    assert time.monotonic() - start < 60
+    ours = [str(w.message) for w in caught if "W&B" in str(w.message)]
+    assert len(ours) == 1 and "logging offline" in ours[0], ours
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    server.close()

@@ -1,11 +1,14 @@
 """Optional experiment trackers (W&B, TensorBoard) beside the run folder's own files.
 
-A tracker that fails to start or to log (no network, no key, package missing) is reported once as a warning
-and dropped: the run goes on, and metrics.csv / summary.json are always written regardless.
+A tracker that fails to start or to log (no key, package missing) is reported once as a warning and dropped:
+the run goes on, and metrics.csv / summary.json are always written regardless. W&B online that cannot reach its
+server within ``WANDB_INIT_TIMEOUT`` seconds (10 unless the environment says otherwise) logs offline instead,
+with one warning.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -18,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 __all__ = ["Trackers", "wandb_names"]
 
 log = logging.getLogger("xgrad")
+
+WANDB_INIT_TIMEOUT = 10.0  # seconds W&B online may take to start a run before this one logs offline instead
 
 
 def wandb_names(cfg: DictConfig, overrides: str) -> dict[str, Any]:
@@ -55,7 +60,8 @@ class Trackers:
             # the agent assigns the run instead.
             in_sweep = "WANDB_SWEEP_ID" in os.environ
             run_id = None if in_sweep else hashlib.sha1(str(self.folder.resolve()).encode()).hexdigest()[:16]
-            return wandb.init(
+            init = functools.partial(
+                wandb.init,
                 project=lcfg.project,
                 entity=lcfg.entity,
                 group=lcfg.group or names["group"],
@@ -63,11 +69,26 @@ class Trackers:
                 tags=list(lcfg.tags) + names["tags"],
                 config=OmegaConf.to_container(self.cfg, resolve=True),
                 dir=str(self.folder),
-                mode=mode,
                 id=run_id,
                 resume=None if in_sweep else "allow",
                 reinit="finish_previous",
             )
+            if mode == "online":
+                # W&B waits 90 s for its server by default; without network every run would stall that long.
+                timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT))
+                try:
+                    return init(mode="online", settings=wandb.Settings(init_timeout=timeout))
+                except Exception as e:
+                    reason = str(e).splitlines()[0] if str(e) else ""
+                    warnings.warn(
+                        f"W&B online not reachable within {timeout:g} s ({type(e).__name__}: {reason}): logging "
+                        f"offline into {self.folder / 'wandb'} for this run (upload later with `wandb sync`; "
+                        "WANDB_INIT_TIMEOUT=<seconds> waits longer)",
+                        stacklevel=2,
+                    )
+                    wandb.teardown()  # the service still holds the run id the failed start claimed
+                    mode = "offline"
+            return init(mode=mode)
         except Exception as e:  # any tracker failure must not stop training
             warnings.warn(f"W&B disabled for this run: {type(e).__name__}: {e}", stacklevel=2)
             return None
