@@ -717,3 +717,30 @@ def test_predicted_lstm_stays_one_chunk_in_cudnn_order():
         assert cudnn_takes_weights_in_place(model.rnn, offsets)
         for w, want in zip(model.rnn._flat_weights, expected):
             torch.testing.assert_close(w.detach().double(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_packing_the_parameters_later_switches_to_a_mirrored_spare():
+    """The plan of spares is reused while the layout stays; packing the weights mid-run (as flatten_parameters does
+    after .to(device)) is noticed, and so is unpacking them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Linear(7, 3)).double()
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=0.1)
+    predictor = WeightPredictor(optimizer)
+    random_steps(optimizer, params)
+    with predictor:
+        pass
+    assert [key[0] for key in predictor._buffers] == ["packed"]
+    pack_into_one_storage(params, lead=2)
+    offsets = [p.storage_offset() for p in params]
+    expected = [reference_prediction(optimizer, p, 1.0, False) for p in params]
+    with predictor:
+        assert len({storage_of(p) for p in params}) == 1 and [p.storage_offset() for p in params] == offsets
+        for p, want in zip(params, expected):
+            torch.testing.assert_close(p.detach(), want, rtol=1e-13, atol=1e-14)
+    assert [key[0] for key in predictor._buffers] == ["mirrored"]
+    for p in params:  # each its own storage again
+        p.data = p.detach().clone()
+    with predictor:
+        pass
+    assert [key[0] for key in predictor._buffers] == ["packed"]

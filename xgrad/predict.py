@@ -572,6 +572,8 @@ class WeightPredictor:
         self.include_weight_decay = bool(include_weight_decay)
         self._buffers: dict[tuple, _FlatBuffer] = {}
         self._caches: dict[tuple, dict[str, Any]] = defaultdict(dict)
+        self._planned: list[list[int]] | None = None  # the parameters (ids per group) of the last plan of spares
+        self._spare_of: dict[int, tuple[tuple, Tensor]] = {}
         self._swapped: list[tuple[Tensor, Tensor]] = []
         self._active = False
         # Extrapolation: the spare of each parameter while it holds theta_{t-1}, and the last step per group index.
@@ -612,8 +614,12 @@ class WeightPredictor:
         """The spare of each parameter, as {id(param): (buffer key, view)}; buffers are made once and reused.
 
         A buffer is rebuilt only when its parameters or their layout change (then its compiled kernels go too);
-        buffers no longer planned (e.g. the model moved to another device) are freed.
+        buffers no longer planned (e.g. the model moved to another device) are freed. The same parameters in the
+        same layout (every step, normally) reuse the last plan: only their layouts are checked.
         """
+        planned = [[id(p) for p in params] for params in params_by_group]
+        if planned == self._planned and all(buffer.fits(buffer.params) for buffer in self._buffers.values()):
+            return self._spare_of
         plan = _plan_spares(params_by_group)
         spares = {}
         for key, params in plan.items():
@@ -628,6 +634,7 @@ class WeightPredictor:
             del self._buffers[stale]
             for kind in [kind for kind in self._caches if kind[-1] == stale]:
                 del self._caches[kind]
+        self._planned, self._spare_of = planned, spares
         return spares
 
     def _batches(self) -> list[tuple[PredictionBatch, list[Tensor], list[Tensor]]]:
@@ -774,6 +781,7 @@ class WeightPredictor:
         if self._steps == 0:  # prediction off: no buffers, as when built with steps=0
             self._buffers.clear()
             self._caches.clear()
+            self._planned, self._spare_of = None, {}
         elif state.get("previous") is not None:
             groups = self.optimizer.param_groups
             last = [None if d is None else _LastStep(**d) for d in state["last_step"]]
