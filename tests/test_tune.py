@@ -86,7 +86,9 @@ def fake_run(root: Path, optimizer: str, steps: float, lr: float, seed: int, val
     status = extra.pop("status", "completed" if val is not None else "diverged")
     summary = {
         "schema_version": 1, "status": status, "task": "language_model", "dataset": "ptb", "model": "lstm",
-        "optimizer": optimizer, "predict": steps > 0, "predict_steps": float(steps), "seed": seed, "overrides": "",
+        "optimizer": optimizer, "predict": steps > 0, "predict_steps": float(steps), "seed": seed,
+        "overrides": f"optimizer={optimizer},optimizer.lr={lr:g}", "config_id": f"{optimizer}-{steps:g}-{lr:g}",
+        "pair_id": f"{optimizer}-{lr:g}",
         "epochs": 1, "epochs_done": 1, "final_test_ppl": 100.0, "best_test_ppl": 100.0, "final_val_ppl": val, **extra,
     }  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -118,6 +120,18 @@ def test_selection_from_run_folders(tmp_path: Path) -> None:
     assert (off.selection.lr, off.selection.at_edge) == (0.003, True)
     assert on.grid[2].diverged and on.selection.lr == 0.001 and "diverged at lr 0.003" in on.selection.reason
     assert sgdm.selection.lr is None and "lr=3 seed 1" in sgdm.selection.reason  # a failed run: grid not finished
+
+    write_study(tmp_path, study)  # the report of this study: chosen lrs in bold, the rest left out of the comparison
+    assert cli.main([str(tmp_path), "--out", str(tmp_path.parent / "report")]) == 0
+    tuning = (tmp_path.parent / "report" / f"tuning_{tmp_path.name}.md").read_text()
+    off_row = "| Adam, without prediction | 0.001 | 151.00 (lr 0.000333) | 143.00 (lr 0.001) | **142.00 (lr 0.003)** |"
+    assert off_row in tuning
+    assert "| Adam, with prediction (s=1) | 0.001 | 149.00 (lr 0.000333) | **139.00 (lr 0.001)** | diverged |" in tuning
+    assert "| SGDM, without prediction | 1 | 200.00 (lr 0.333) | 200.00 (lr 1) | not run | none |" in tuning
+    runs = pd.read_csv(tmp_path.parent / "report" / "runs.csv")
+    assert sorted(zip(runs["predict"], runs["seed"])) == [(False, 0), (False, 1), (True, 0), (True, 1)]  # Adam's
+    table = pd.read_csv(tmp_path.parent / "report" / "table_ptb_lstm.csv")  # one row: paired, though lrs differ
+    assert list(table["optimizer"]) == ["adam"] and table["final_n_paired"].iloc[0] == 2
 
 
 def test_bad_arguments_are_one_clear_error() -> None:

@@ -23,7 +23,7 @@ from xgrad.errors import ConfigError
 from xgrad.tune import STUDY_FILE, Study, fill_grid, read_study, run_lr
 
 from .collect import ReportError, Run
-from .figures import COLOURS, STYLE, WITH_STYLES, WITHOUT
+from .figures import COLOURS, STYLE, WITH_STYLES, WITHOUT, _plain_log_axis  # one look for every log axis
 from .labels import metric_label, optimizer_rank
 from .labels import pretty_optimizer as pretty
 from .tables import Table
@@ -168,29 +168,30 @@ def tuning_figure(tuned: TunedStudy, title: str) -> Figure:
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(5.0, 3.6), layout="constrained")
         ax = fig.subplots()
-        low = math.inf
+        shown: list[float] = []  # every plotted value: diverged lrs are marked at the worst of them
         for arm in _arms(study):
             colour = COLOURS.get(arm.optimizer, "#000000")
             style = WITHOUT if arm.steps == 0 else WITH_STYLES[steps_run.index(arm.steps) % len(WITH_STYLES)]
             done = [p for p in arm.grid if not p.diverged and not p.missing]
             xs, ys = [p.lr for p in done], [p.mean * scale for p in done]
-            low = min([low, *ys])
+            shown += ys
             ax.plot(xs, ys, color=colour, linestyle=style, marker="o", markersize=3, label=_arm_label(*_key(arm)))
             chosen = next((p for p in done if arm.selection and p.lr == arm.selection.lr), None)
             if chosen is not None:
                 ax.plot([chosen.lr], [chosen.mean * scale], marker="o", markersize=9, fillstyle="none",
                         color=colour, linestyle="none", label="_chosen")  # fmt: skip
-        for arm in study.arms:  # diverged lrs: a × on the lower edge, where the metric would be off the chart
+        worst = (min if study.metric == "acc" else max)(shown, default=math.nan)
+        for arm in study.arms:  # diverged lrs: a × at the worst value shown, where the metric would be off the chart
             for p in arm.grid:
-                if p.diverged and math.isfinite(low):
-                    ax.plot([p.lr], [low], marker="x", color=COLOURS.get(arm.optimizer, "#000000"), label="_x")
+                if p.diverged and math.isfinite(worst):
+                    ax.plot([p.lr], [worst], marker="x", color=COLOURS.get(arm.optimizer, "#000000"), label="_x")
         ax.set_xscale("log")
         ax.set_xticks(sorted({p.lr for a in study.arms for p in a.grid}))  # the grid's lrs, in plain numbers
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelrotation=45)
         if study.metric == "ppl":
-            ax.set_yscale("log")
+            _plain_log_axis(ax)
         ax.set(xlabel="learning rate (log scale)", ylabel=metric_label(study.metric, "final validation"))
         ax.legend(fontsize=6.5, frameon=False)
         fig.suptitle(
