@@ -372,10 +372,10 @@ def test_state_is_carried_across_windows_detached_and_reset_each_epoch():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["model=resnet20"], "not a language model"),
+        (["model=resnet20"], "model=resnet20 is an image model; dataset .* needs a language model"),
         (["val_size=100"], "val_size=100"),
         (["dataset.bptt=0"], "dataset.bptt=0"),
-        (["+model.layers=2"], "model=lstm"),
+        (["+model.layers=2"], r"unknown key model.layers=2 \(did you mean model.num_layers\?\)"),
     ],
 )
 def test_bad_language_configs_raise_config_errors(tmp_path, overrides, message):
@@ -417,7 +417,7 @@ def test_zaremba_small_preset_stores_the_rescaled_recipe():
     assert cfg.grad_clip == 0.25 and cfg.dataset.bptt == 20 and cfg.batch_size == 20 and cfg.epochs == 13
     assert (cfg.dataset.name, cfg.model.name, cfg.model.num_layers, cfg.model.hidden_size) == ("ptb", "lstm", 2, 200)
     assert cfg.model.dropout == 0 and cfg.model.init_range == 0.1 and cfg.dataset.test_batch_size == 1
-    schedule = SCHEDULES[cfg.scheduler.name](cfg.scheduler, cfg.epochs)
+    schedule = SCHEDULES[cfg.scheduler.name].build(cfg.scheduler, cfg.epochs)
     assert [schedule(e) for e in range(7)] == [1, 1, 1, 1, 0.5, 0.25, 0.125]
     medium = make_cfg(["experiment=ptb_zaremba_medium"])
     assert medium.optimizer.lr == 35.0 and math.isclose(medium.grad_clip * 35, 5.0)

@@ -148,7 +148,9 @@ def test_create_optimizer_builds_every_name(name):
 @pytest.mark.parametrize(
     ("name", "hp", "message"),
     [
-        ("adam", {"lr": -1.0}, r"lr=-1.0.*lr >= 0"),
+        ("adam", {"lr": -1.0}, r"lr=-1.0: accepted a number with lr > 0"),
+        ("adam", {"lr": 0.0}, r"lr=0.0: accepted a number with lr > 0"),
+        ("adam", {"lr": float("inf")}, r"lr=inf: accepted a number with lr > 0"),
         ("adamw", {"betas": [0.9, 1.0]}, r"betas\[1\]=1.0: accepted a number with 0 <= betas\[1\] < 1"),
         ("adabelief", {"betas": (0.9,)}, r"betas=\(0.9,\)"),
         ("adam3", {"eps": 0.0}, r"eps=0.0.*eps > 0"),

@@ -49,7 +49,7 @@ def test_without_prediction_the_summary_has_no_method(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["predict_method=guess"], r"invalid predict_method='guess': accepted auto \| rule \| extrapolate"),
+        (["predict_method=guess"], r"invalid predict_method='guess': accepted one of auto, rule, extrapolate"),
         (["optimizer=sgd", "predict=true"], r"optimizer='sgd'.*predict_method=extrapolate"),
         (["optimizer=sgd", "predict=true", "predict_method=rule"], r"optimizer='sgd'"),
         (["optimizer=nadam", "predict=true", "predict_method=rule"], r"predict_method=rule with optimizer='nadam'"),

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-__all__ = ["SCHEDULES", "create_scheduler"]
+from xgrad.hparams import Choice, Float, IncreasingInts, Int, Param, Str
+
+__all__ = ["COMMON", "SCHEDULES", "ScheduleSpec", "create_scheduler"]
 
 Schedule = Callable[[float], float]
 
@@ -36,36 +39,45 @@ def _constant(cfg: Mapping[str, Any], epochs: int) -> Schedule:
 def _exponential(cfg: Mapping[str, Any], epochs: int) -> Schedule:
     # The base lr for the first `constant_epochs` epochs, then x gamma at the start of every later epoch
     # (Zaremba et al. 2014: constant_epochs 4, gamma 0.5). Whole epochs only, also with interval: step.
-    gamma, constant = float(cfg["gamma"]), cfg.get("constant_epochs", 0)
-    if not gamma > 0:
-        raise ValueError(f"invalid scheduler.gamma={gamma!r}: accepted > 0")
-    if isinstance(constant, bool) or not isinstance(constant, int) or constant < 0:
-        raise ValueError(f"invalid scheduler.constant_epochs={constant!r}: accepted an integer >= 0")
+    gamma, constant = float(cfg["gamma"]), int(cfg.get("constant_epochs", 0))
     return lambda e: gamma ** max(0, math.floor(e + 1e-9) + 1 - constant)
 
 
-SCHEDULES: dict[str, Callable[[Mapping[str, Any], int], Schedule]] = {
-    "multistep": _multistep,
-    "cosine": _cosine,
-    "constant": _constant,
-    "exponential": _exponential,
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """One schedule: ``build(cfg, epochs)`` gives the lr factor per (fractional) epoch; ``hyperparameters``
+    declares the keys of its config entry beyond the common ones (:data:`COMMON`), with types and ranges, for
+    the config schema (xgrad/schema.py), which checks them before a run starts."""
+
+    build: Callable[[Mapping[str, Any], int], Schedule]
+    hyperparameters: dict[str, Param] = field(default_factory=dict)
+
+
+#: The keys every schedule takes: its name, a linear warmup and when it advances.
+COMMON: dict[str, Param] = {
+    "name": Str(),
+    "warmup_epochs": Float(ge=0),
+    "interval": Choice("epoch", "step"),
+}
+
+SCHEDULES: dict[str, ScheduleSpec] = {
+    "multistep": ScheduleSpec(_multistep, {"milestones": IncreasingInts(ge=1), "gamma": Float(gt=0)}),
+    "cosine": ScheduleSpec(_cosine, {"min_lr_factor": Float(ge=0, le=1)}),
+    "constant": ScheduleSpec(_constant),
+    "exponential": ScheduleSpec(_exponential, {"gamma": Float(gt=0), "constant_epochs": Int(ge=0)}),
 }
 
 
 def create_scheduler(
     optimizer: Optimizer, cfg: Mapping[str, Any], epochs: int, steps_per_epoch: int
 ) -> tuple[LambdaLR, str]:
-    """Build the schedule ``cfg.name`` and return it with its interval (``"epoch"`` or ``"step"``)."""
-    name = cfg["name"]
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown scheduler {name!r}: known schedulers are {sorted(SCHEDULES)}")
+    """Build the schedule ``cfg.name`` and return it with its interval (``"epoch"`` or ``"step"``).
+
+    ``cfg`` is a checked config entry (the config schema refuses unknown names and bad values first).
+    """
     interval = cfg.get("interval", "epoch")
-    if interval not in ("epoch", "step"):
-        raise ValueError(f"invalid scheduler.interval={interval!r}: accepted 'epoch' or 'step'")
     warmup = float(cfg.get("warmup_epochs", 0))
-    if warmup < 0:
-        raise ValueError(f"invalid scheduler.warmup_epochs={warmup!r}: accepted >= 0")
-    schedule = SCHEDULES[name](cfg, epochs)
+    schedule = SCHEDULES[cfg["name"]].build(cfg, epochs)
     per_epoch = steps_per_epoch if interval == "step" else 1
 
     def factor(count: int) -> float:

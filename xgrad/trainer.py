@@ -29,8 +29,7 @@ from xgrad import WeightPredictor
 from xgrad.distributed import DistributedContext, all_reduce_sum, barrier, setup_distributed
 from xgrad.errors import ConfigError, ConfigMismatch, DiskFull, ResumeError, error_text
 from xgrad.identity import config_id, differences, identity, pair_id
-from xgrad.optim import OPTIMIZERS, MissingExtraError, create_optimizer
-from xgrad.predict import PREDICTION_METHODS
+from xgrad.optim import MissingExtraError, create_optimizer
 from xgrad.prediction_error import PredictionErrorMeter
 from xgrad.rundir import (
     CHECKPOINT,
@@ -47,6 +46,7 @@ from xgrad.rundir import (
     write_summary,
 )
 from xgrad.schedulers import create_scheduler
+from xgrad.schema import validate
 from xgrad.tasks import Runtime, Stats, Task, config_kwargs, create_task
 from xgrad.tracking import Trackers
 
@@ -69,55 +69,6 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------------- configuration
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` for a bad top-level value, before anything is built."""
-
-    def require(ok: bool, key: str, accepted: str) -> None:
-        if not ok:
-            raise ConfigError(f"invalid {key}={OmegaConf.select(cfg, key)!r}: accepted {accepted}")
-
-    require(isinstance(cfg.predict, bool), "predict", "true or false")
-    steps = cfg.predict_steps
-    require(isinstance(steps, (int, float)) and math.isfinite(steps) and steps >= 0, "predict_steps", "a number >= 0")
-    for key in ("epochs", "batch_size", "grad_accum", "eval_batch_size"):
-        value = cfg[key]
-        require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, key, "an integer >= 1")
-    require(isinstance(cfg.val_size, int) and cfg.val_size >= 0, "val_size", "an integer >= 0")
-    require(cfg.train_subset is None or (isinstance(cfg.train_subset, int) and cfg.train_subset >= 1),
-            "train_subset", "null or an integer >= 1")  # fmt: skip
-    require(cfg.grad_clip is None or (isinstance(cfg.grad_clip, (int, float)) and cfg.grad_clip > 0),
-            "grad_clip", "null or a number > 0")  # fmt: skip
-    smoothing = cfg.label_smoothing
-    require(isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) and 0 <= smoothing < 1,
-            "label_smoothing", "a number with 0 <= label_smoothing < 1")  # fmt: skip
-    require(isinstance(cfg.seed, int) and not isinstance(cfg.seed, bool) and cfg.seed >= 0, "seed", "an integer >= 0")
-    require(cfg.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
-    threads = cfg.get("threads")
-    require(threads is None or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
-            "threads", "null or an integer >= 1")  # fmt: skip
-    require(cfg.progress in ("auto", "bar", "line"), "progress", "auto, bar or line")
-    every = cfg.get("prediction_error_every", 0)
-    require(isinstance(every, int) and not isinstance(every, bool) and every >= 0,
-            "prediction_error_every", "an integer >= 0 (0: off)")  # fmt: skip
-    method = cfg.get("predict_method", "auto")
-    require(method in PREDICTION_METHODS, "predict_method", " | ".join(PREDICTION_METHODS))
-    name = cfg.optimizer.name
-    require(name in OPTIMIZERS, "optimizer.name", f"one of {', '.join(OPTIMIZERS)}")
-    spec = OPTIMIZERS[name]
-    if cfg.predict and cfg.predict_steps > 0 and method != "extrapolate" and not spec.can_predict:
-        predictable = [n for n, s in OPTIMIZERS.items() if s.can_predict]
-        raise ConfigError(
-            f"predict=true with optimizer={name!r}: plain SGD (momentum 0) has no update direction for a rule to "
-            f"predict from; use predict_method=extrapolate, one of {predictable}, or predict=false"
-        )
-    if cfg.predict and cfg.predict_steps > 0 and method == "rule" and spec.prediction != "rule":
-        raise ConfigError(
-            f"predict_method=rule with optimizer={name!r}: it has no prediction rule (only "
-            f"{[n for n, s in OPTIMIZERS.items() if s.prediction == 'rule']} have); use predict_method=auto or "
-            "extrapolate"
-        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,7 +143,7 @@ class Trainer:
     saved_epochs: int = 0  # the epochs checkpoint.pt and metrics.csv both hold: all a summary may claim
 
     def __init__(self, cfg: DictConfig, folder: Path, overrides: str = "") -> None:
-        validate_config(cfg)
+        validate(cfg)  # the config schema; the CLI checked it already, before making the run folder
         self.cfg, self.folder, self.overrides = cfg, folder, overrides
         self.started = time.perf_counter()
         device = resolve_device(cfg.device)
@@ -226,7 +177,7 @@ class Trainer:
         hp = config_kwargs(cfg.optimizer)
         try:
             self.optimizer = create_optimizer(cfg.optimizer.name, self.model, foreach=True, **hp)
-        except (ValueError, MissingExtraError) as e:
+        except MissingExtraError as e:  # the environment, not the config: the schema cannot know
             raise ConfigError(f"optimizer={cfg.optimizer.name}: {e}") from e
         self.predictor = None
         if cfg.predict and cfg.predict_steps > 0:
@@ -242,10 +193,7 @@ class Trainer:
         if self.predictor and every:
             self.error_meter = PredictionErrorMeter(self.model.parameters(), cfg.predict_steps, every)
         steps_per_epoch = math.ceil(self.task.num_batches() / cfg.grad_accum)
-        try:
-            self.scheduler, self.interval = create_scheduler(self.optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch)
-        except (ValueError, KeyError) as e:
-            raise ConfigError(f"scheduler: {e}") from e
+        self.scheduler, self.interval = create_scheduler(self.optimizer, cfg.scheduler, cfg.epochs, steps_per_epoch)
         self.progress = Progress()
 
     # -------------------------------------------------------------------- checkpoints

@@ -258,6 +258,10 @@ def _warn_if_not_standard(folder: Path) -> None:
 # ----------------------------------------------------------------------------------- generated demo corpus
 
 
+#: The smallest vocabulary of the generated corpus (each word draws 12 distinct likely successors).
+DEMO_TEXT_MIN_VOCAB = 13
+
+
 @functools.lru_cache(maxsize=4)
 def make_demo_text(
     n_train: int = 100_000, n_valid: int = 10_000, n_test: int = 10_000, vocab_size: int = 1000, seed: int = 0
@@ -271,8 +275,8 @@ def make_demo_text(
     perplexity of about 110 and the previous word alone about 23 (count estimates from the training split); an
     LSTM starts at the vocabulary size and drops quickly below both. Same arguments, same corpus (cached).
     """
-    if vocab_size < 10:
-        raise ValueError(f"make_demo_text: vocab_size must be >= 10, got {vocab_size}")
+    if vocab_size < DEMO_TEXT_MIN_VOCAB:
+        raise ValueError(f"make_demo_text: vocab_size must be >= {DEMO_TEXT_MIN_VOCAB}, got {vocab_size}")
     for name, n in (("n_train", n_train), ("n_valid", n_valid), ("n_test", n_test)):
         if n < 2:
             raise ValueError(f"make_demo_text: {name} must be >= 2 tokens, got {n}")

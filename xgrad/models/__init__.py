@@ -13,30 +13,55 @@ them to the import list at the bottom of this file.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["MODELS", "count_parameters", "create_model", "register_model"]
+from xgrad.hparams import Param
 
-MODELS: dict[str, Callable[..., nn.Module]] = {}
-"""Registered model factories by name; each takes ``num_classes`` (and optional kwargs)."""
+__all__ = ["MODELS", "ModelSpec", "count_parameters", "create_model", "register_model"]
 
 _F = TypeVar("_F", bound=Callable[..., nn.Module])
 
 
-def register_model(name: str) -> Callable[[_F], _F]:
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: its factory, the task it serves, and the hyperparameters a config may set.
+
+    ``hyperparameters`` declares every ``model.<key>`` the factory takes (besides ``num_classes``) with its type
+    and range (:mod:`xgrad.hparams`); the config schema (xgrad/schema.py) refuses other keys and bad values
+    before a run starts. ``rules`` check several keys together: ``rule(hp) -> error text or None``.
+    """
+
+    factory: Callable[..., nn.Module]
+    task: str = "classification"
+    hyperparameters: dict[str, Param] = field(default_factory=dict)
+    rules: tuple[Callable[[dict[str, Any]], str | None], ...] = ()
+
+
+MODELS: dict[str, ModelSpec] = {}
+"""Registered models by name; each factory takes ``num_classes`` (and its declared hyperparameters)."""
+
+
+def register_model(
+    name: str,
+    task: str = "classification",
+    hyperparameters: dict[str, Param] | None = None,
+    rules: tuple[Callable[[dict[str, Any]], str | None], ...] = (),
+) -> Callable[[_F], _F]:
     """Return a decorator that adds a model factory to :data:`MODELS` under ``name``.
 
-    The factory is returned unchanged, so it stays directly callable. Registering a name twice
-    raises ``ValueError``: silently replacing an entry would make configs resolve to a different
-    model depending on import order.
+    ``task`` is the ``dataset.task`` it serves (``classification`` or ``language_model``); ``hyperparameters``
+    and ``rules`` as in :class:`ModelSpec`. The factory is returned unchanged, so it stays directly callable.
+    Registering a name twice raises ``ValueError``: silently replacing an entry would make configs resolve to a
+    different model depending on import order.
     """
 
     def decorator(factory: _F) -> _F:
         if name in MODELS:
             raise ValueError(f"model {name!r} is already registered")
-        MODELS[name] = factory
+        MODELS[name] = ModelSpec(factory, task, dict(hyperparameters or {}), rules)
         return factory
 
     return decorator
@@ -49,11 +74,11 @@ def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
     listing the known ones.
     """
     try:
-        factory = MODELS[name]
+        spec = MODELS[name]
     except KeyError:
         known = ", ".join(sorted(MODELS))
         raise ValueError(f"unknown model {name!r}; known models: {known}") from None
-    return factory(num_classes=num_classes, **kwargs)
+    return spec.factory(num_classes=num_classes, **kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xgrad.hparams import Bool, Float, Int
 from xgrad.models import register_model
 
 __all__ = ["AWDLSTM", "LockedDropout", "WeightDropLSTM", "awd_lstm", "embedding_dropout"]
@@ -167,7 +168,18 @@ class AWDLSTM(nn.Module):
         return logits, new_hidden, penalty
 
 
-@register_model("awd_lstm")
+_RATE = Float(ge=0, lt=1)
+
+
+@register_model(
+    "awd_lstm",
+    task="language_model",
+    hyperparameters={
+        "embedding_size": Int(ge=1), "hidden_size": Int(ge=1), "num_layers": Int(ge=1), "dropout": _RATE,
+        "dropout_input": _RATE, "dropout_hidden": _RATE, "dropout_embedding": _RATE, "weight_drop": _RATE,
+        "tie_weights": Bool(), "ar_alpha": Float(ge=0), "tar_beta": Float(ge=0), "init_range": Float(gt=0),
+    },
+)  # fmt: skip
 def awd_lstm(num_classes: int = 10000, **kwargs) -> AWDLSTM:
     """AWD-LSTM over a vocabulary of ``num_classes`` tokens (kwargs: sizes, layers, dropouts, ar_alpha, ...)."""
     return AWDLSTM(vocab_size=num_classes, **kwargs)

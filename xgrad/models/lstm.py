@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from xgrad.hparams import Bool, Float, Int
 from xgrad.models import register_model
 
 __all__ = ["LSTMLanguageModel", "lstm"]
@@ -64,7 +65,20 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(self.drop(output)), hidden
 
 
-@register_model("lstm")
+def _tied_sizes_match(hp: dict) -> str | None:
+    if hp.get("tie_weights") and hp.get("embedding_size", 200) != hp.get("hidden_size", 200):
+        return (f"invalid tie_weights=true with embedding_size={hp.get('embedding_size', 200)} and "
+                f"hidden_size={hp.get('hidden_size', 200)}: tied weights need the two sizes equal")  # fmt: skip
+    return None
+
+
+@register_model(
+    "lstm",
+    task="language_model",
+    hyperparameters={"embedding_size": Int(ge=1), "hidden_size": Int(ge=1), "num_layers": Int(ge=1),
+                     "dropout": Float(ge=0, lt=1), "tie_weights": Bool(), "init_range": Float(gt=0)},
+    rules=(_tied_sizes_match,),
+)  # fmt: skip
 def lstm(num_classes: int = 10000, **kwargs) -> LSTMLanguageModel:
     """LSTM language model over a vocabulary of ``num_classes`` tokens (kwargs: sizes, layers, dropout)."""
     return LSTMLanguageModel(vocab_size=num_classes, **kwargs)

@@ -131,8 +131,8 @@ def _float(default: float, low: float | None = None, high: float | None = None, 
 
 
 def lr(default: float) -> Hyperparameter:
-    """A learning rate: ``lr >= 0``."""
-    return _float(default, 0.0)
+    """A learning rate: ``lr > 0`` (0 would train nothing, and a run would say it completed)."""
+    return _float(default, 0.0, low_open=True)
 
 
 def nonnegative(default: float) -> Hyperparameter:

@@ -17,10 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from xgrad.errors import ConfigError
-
-__all__ = ["TASKS", "Runtime", "Stats", "Task", "build_model", "config_kwargs", "create_task", "register_task",
-           "require_positive_ints"]
+__all__ = ["TASKS", "Runtime", "Stats", "Task", "build_model", "config_kwargs", "create_task", "register_task"]
 
 Stats = dict[str, Tensor]
 """Summed statistics of some batches, e.g. ``{"loss_sum": ..., "count": ..., "correct": ...}``."""
@@ -102,31 +99,12 @@ def config_kwargs(node: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k != "name" and v is not None}
 
 
-def require_positive_ints(node: DictConfig, prefix: str, keys: tuple[str, ...]) -> None:
-    """Raise :class:`ConfigError` naming the first of ``keys`` in ``node`` that is not an integer >= 1."""
-    for key in keys:
-        value = node.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"invalid {prefix}{key}={value!r}: accepted an integer >= 1")
-
-
-def build_model(cfg: DictConfig, num_classes: int, language_model: bool) -> nn.Module:
-    """The model ``cfg.model.name`` with the config's hyperparameters; a bad one, or one of the wrong kind for
-    the task (``language_model`` or image model), is a ConfigError naming it."""
+def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The model ``cfg.model.name`` with the config's hyperparameters (checked by the config schema, which also
+    made sure it serves the dataset's task)."""
     from xgrad.models import create_model
 
-    try:
-        model = create_model(cfg.model.name, num_classes=num_classes, **config_kwargs(cfg.model))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model={cfg.model.name}: {e}") from e
-    name, dataset = cfg.model.name, cfg.dataset.name
-    if language_model and not hasattr(model, "init_hidden"):
-        raise ConfigError(f"model={name} is not a language model (dataset {dataset} needs one): use model=lstm or "
-                          "model=awd_lstm")  # fmt: skip
-    if not language_model and hasattr(model, "init_hidden"):
-        raise ConfigError(f"model={name} is a language model; dataset {dataset} needs an image model (resnet*, "
-                          "vgg*, densenet121, lenet)")  # fmt: skip
-    return model
+    return create_model(cfg.model.name, num_classes=num_classes, **config_kwargs(cfg.model))
 
 
 TASKS: dict[str, type[Task]] = {}

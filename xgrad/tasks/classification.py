@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from xgrad.data import DeviceImageLoader, ImageDataset, load_cifar, make_demo_images
 from xgrad.errors import ConfigError
 
-from . import Runtime, Stats, Task, build_model, register_task, require_positive_ints
+from . import Runtime, Stats, Task, build_model, register_task
 
 __all__ = ["ImageClassification", "load_image_dataset"]
 
@@ -22,7 +22,6 @@ def load_image_dataset(cfg: DictConfig) -> ImageDataset:
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, cfg.data_root, download=cfg.dataset.get("download", True))
     if name == "demo_images":
-        require_positive_ints(cfg.dataset, "dataset.", ("n_train", "n_test"))
         return make_demo_images(cfg.dataset.n_train, cfg.dataset.n_test, seed=cfg.dataset.get("data_seed", 0))
     raise ValueError(f"unknown image dataset {name!r}: known are cifar10, cifar100, demo_images")
 
@@ -64,7 +63,7 @@ class ImageClassification(Task):
         self.eval_loaders = {"test": loader(data.test, False, int(cfg.eval_batch_size))}
         if val is not None:
             self.eval_loaders = {"val": loader(val, False, int(cfg.eval_batch_size)), **self.eval_loaders}
-        self.model = build_model(cfg, data.num_classes, language_model=False).to(runtime.device)
+        self.model = build_model(cfg, data.num_classes).to(runtime.device)
         if runtime.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=float(cfg.label_smoothing))

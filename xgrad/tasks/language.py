@@ -29,7 +29,7 @@ from xgrad.data import DataError, TextCorpus, batchify, bptt_windows, load_ptb, 
 from xgrad.data.ptb import num_windows
 from xgrad.errors import ConfigError
 
-from . import Runtime, Stats, Task, build_model, register_task, require_positive_ints
+from . import Runtime, Stats, Task, build_model, register_task
 
 __all__ = ["LanguageModelling", "detach_state", "load_text_corpus"]
 
@@ -68,12 +68,6 @@ class LanguageModelling(Task):
         super().__init__(cfg, runtime)
 
         ds = cfg.dataset
-        require_positive_ints(ds, "dataset.", ("bptt", "eval_batch_size", "test_batch_size"))
-        if cfg.val_size:
-            raise ConfigError(
-                f"invalid val_size={cfg.val_size!r} for a language model: accepted 0 (the corpus has its own "
-                "validation split, which is used for model selection)"
-            )
         corpus = load_text_corpus(cfg)
         self.synthetic = corpus.synthetic
         if cfg.train_subset is not None:  # quick runs: the first N training tokens
@@ -97,7 +91,7 @@ class LanguageModelling(Task):
             raise DataError(f"{ds.name}: a split is too short for its batch size: {e}") from e
         self.eval_window_tokens = int(ds.get("eval_window_tokens", EVAL_WINDOW_TOKENS))
 
-        model = build_model(cfg, corpus.vocab_size, language_model=True)
+        model = build_model(cfg, corpus.vocab_size)
         self.model = model.to(device)
         self.language_model = self.model  # the plain module (the trainer may wrap self.model: compile, DDP)
         self.penalized = bool(getattr(model, "has_penalty", False))
