@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -149,16 +150,9 @@ def assert_resume_is_exact(overrides: list[str], tmp_path: Path, monkeypatch: py
     return whole
 
 
-# A driver that runs ``python -m xgrad.run ARGS`` with a disk that fills up while the second checkpoint is written
-# (every write into a checkpoint after the first raises ENOSPC, as a full disk does; other files still fit).
-FULL_DISK_DRIVER = """
-import errno, runpy, sys
-import xgrad.rundir as rundir
+class FullDisk:
+    """A file object whose writes fail as on a full disk (``OSError(ENOSPC)``)."""
 
-original, seen = rundir._open_temporary, []
-
-
-class Full:
     def __init__(self, file):
         self.file = file
 
@@ -175,25 +169,36 @@ class Full:
         self.file.close()
 
 
-def opener(fd, path):
-    file = original(fd, path)
-    if path.name.startswith(".checkpoint.pt."):
-        seen.append(path)
-        if len(seen) >= 2:
-            return Full(file)
-    return file
+def fill_disk_at_second_checkpoint(patch) -> None:
+    """Make the disk full from the second checkpoint write on (other files still fit, as the issue saw).
 
+    ``patch(module, name, value)`` sets an attribute (``monkeypatch.setattr``); writes are recognised by the
+    temporary file's name behind the descriptor ``os.fdopen`` gets.
+    """
+    original, seen = os.fdopen, []
 
-rundir._open_temporary = opener
-sys.argv[0] = "xgrad.run"
-runpy.run_module("xgrad.run", run_name="__main__", alter_sys=True)
-"""
+    def fdopen(fd, *args, **kwargs):
+        file = original(fd, *args, **kwargs)
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) if os.path.exists("/proc/self/fd") else ""
+        if name.startswith(".checkpoint.pt.") and name.endswith(".tmp"):
+            seen.append(name)
+            if len(seen) >= 2:
+                return FullDisk(file)
+        return file
+
+    patch(os, "fdopen", fdopen)
 
 
 def run_cli_with_full_disk(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``run_cli`` whose disk is full from the second checkpoint on (see :data:`FULL_DISK_DRIVER`)."""
+    """``run_cli`` with :func:`fill_disk_at_second_checkpoint` in the runner's process."""
     driver = cwd / "full_disk_driver.py"
-    driver.write_text(FULL_DISK_DRIVER)
+    driver.write_text(
+        "import runpy, sys\n"
+        "from tests.conftest import fill_disk_at_second_checkpoint\n"
+        "fill_disk_at_second_checkpoint(setattr)\n"
+        "sys.argv[0] = 'xgrad.run'\n"
+        "runpy.run_module('xgrad.run', run_name='__main__', alter_sys=True)\n"
+    )
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(driver), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip

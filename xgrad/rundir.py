@@ -51,11 +51,6 @@ _UMASK = os.umask(0)  # reading the umask means setting it: done once, at import
 os.umask(_UMASK)
 
 
-def _open_temporary(fd: int, path: Path) -> io.BufferedWriter:
-    """The file object of the temporary file ``path`` (a seam: the tests fill the disk here)."""
-    return os.fdopen(fd, "wb")
-
-
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary sibling, fsync it, and rename it into place.
 
@@ -72,7 +67,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         raise
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are for colleagues too
-        with _open_temporary(fd, Path(tmp)) as f:
+        with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -238,7 +238,7 @@ def _finished_runs(folder: Path) -> dict[tuple, dict[str, Any]]:
 
 
 def run_lr(config: dict[str, Any]) -> float | None:
-    """The lr a run was configured with (its ``.hydra/config.yaml``), or None when it is not a plain number."""
+    """The lr a run was configured with (its ``config.yaml``), or None when it is not a plain number."""
     optimizer = config.get("optimizer")
     lr = optimizer.get("lr") if isinstance(optimizer, dict) else None
     return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None

@@ -1,6 +1,6 @@
 """``python -m xgrad.report``: paper figures and tables from finished run folders.
 
-It reads only what the runner writes (``summary.json``, ``metrics.csv``, ``.hydra/config.yaml``), optionally
+It reads only what the runner writes (``summary.json``, ``metrics.csv``, ``config.yaml``), optionally
 runs from a W&B project, and writes convergence figures (PNG, PDF), comparison and cost tables (Markdown,
 LaTeX, CSV) and an index ``README.md``. See :mod:`xgrad.report.cli` for the options.
 """

@@ -6,7 +6,7 @@ like summary.json does (``best_test_acc``, ``test_ppl``, ...).
 
 Matching, kept simple on purpose: a reference row belongs to a table row when ``dataset``, ``model`` and
 ``optimizer`` are equal and, for settings that fix the depth, the run's ``model.num_layers`` (from its
-``.hydra/config.yaml``) equals that depth. The depth of a setting is the ``N`` in a name ending ``Nlayer``
+``config.yaml``) equals that depth. The depth of a setting is the ``N`` in a name ending ``Nlayer``
 (``awd_lstm_2layer`` -> 2), or listed in :data:`SETTING_LAYERS` (Zaremba et al.'s small LSTM has 2 layers).
 Runs without a recorded ``num_layers`` never match a setting that fixes one, and reduced-scale runs
 (``reduced_scale: true``, the cpu presets) match nothing: the published numbers are for the full protocol.
