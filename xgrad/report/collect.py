@@ -304,7 +304,6 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
     for i, run in enumerate(runs):
         s, metric = run.summary, run.metric
         scale = 100.0 if metric == "acc" else 1.0  # accuracies are fractions on disk, percentages in the report
-        seconds = run.metrics.get("epoch_seconds", pd.Series(dtype=float))
         rows.append(
             {
                 "run": i,
@@ -325,7 +324,7 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
                 "final": _scaled(s.get(f"final_test_{metric}"), scale),
                 "best": _scaled(s.get(f"best_test_{metric}"), scale),
                 "best_selected_on": s.get("best_selected_on") or "test",
-                "epoch_seconds": float(seconds.mean()) if seconds.notna().any() else float("nan"),
+                "train_epoch_seconds": _per_epoch(s.get("train_seconds"), s.get("epochs_done")),
                 "peak_memory_bytes": _scaled(s.get("peak_memory_bytes"), 1.0),
                 "device": str(s.get("device", "")),
                 "num_layers": _num_layers(run.config),
@@ -357,6 +356,14 @@ def _extra_by_identity(extras: list[tuple[str, ...]], pair_ids: list[str | None]
         (*extra, f"config {pid[:6]}") if pid and len(owners[extra]) > 1 else extra
         for extra, pid in zip(named, pair_ids)
     ]
+
+
+def _per_epoch(seconds: Any, epochs: Any) -> float:
+    """Training seconds per epoch (summary.json's ``train_seconds``: evaluation excluded), NaN when unknown."""
+    try:
+        return float(seconds) / int(epochs) if int(epochs) > 0 else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _scaled(value: Any, scale: float) -> float:

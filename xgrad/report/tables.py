@@ -180,11 +180,11 @@ def _reference_columns(reference: pd.DataFrame | None, runs: pd.DataFrame, optim
     }
 
 
-COST_COLUMNS = (("seconds", "epoch_seconds", 1.0), ("memory_mib", "peak_memory_bytes", 2.0**-20))
+COST_COLUMNS = (("seconds", "train_epoch_seconds", 1.0), ("memory_mib", "peak_memory_bytes", 2.0**-20))
 
 
 def cost(frame: pd.DataFrame) -> pd.DataFrame:
-    """Seconds per epoch and peak memory without and with prediction, and their ratios (with / without).
+    """Training seconds per epoch and peak memory without and with prediction, and their ratios (with / without).
 
     One row per (dataset, model, reduced_scale, optimizer, variant) and prediction horizon; completed seeds only.
     """
@@ -382,8 +382,8 @@ def cost_table(table: pd.DataFrame, devices: set[str]) -> Table:
             ]
         )
     caption = (
-        "Cost of weight prediction: seconds per epoch (mean of metrics.csv's epoch_seconds, training plus "
-        "evaluation, over epochs and completed seeds) and peak memory, without and with prediction; "
+        "Cost of weight prediction: training seconds per epoch (summary.json's train_seconds / epochs_done: "
+        "evaluation excluded; mean over completed seeds) and peak memory, without and with prediction; "
         "ratio = with / without."
     )
     notes = []
