@@ -54,13 +54,15 @@ def setup_distributed(device_type: str) -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, owns)
 
 
-def all_reduce_sum(tensors: dict[str, Tensor], ctx: DistributedContext) -> dict[str, Tensor]:
-    """Sum each statistic over ranks (a no-op for a single process)."""
+def all_reduce_sum(
+    stats: dict[str, Tensor | int], ctx: DistributedContext, device: torch.device
+) -> dict[str, Tensor | int]:
+    """Sum each statistic over ranks (a no-op for a single process); Python numbers travel via ``device``."""
     if not ctx.enabled:
-        return tensors
+        return stats
     out = {}
-    for key, value in tensors.items():
-        value = value.detach().clone()
+    for key, value in stats.items():
+        value = value.detach().clone() if isinstance(value, Tensor) else torch.tensor(value, device=device)
         dist.all_reduce(value)
         out[key] = value
     return out

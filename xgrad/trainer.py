@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import random
-import resource
 import subprocess
 import sys
 import time
@@ -47,7 +46,7 @@ from xgrad.rundir import (
 )
 from xgrad.schedulers import create_scheduler
 from xgrad.schema import validate
-from xgrad.tasks import Runtime, Stats, Task, config_kwargs, create_task
+from xgrad.tasks import Runtime, Stats, Task, config_kwargs, create_task, resolve_device
 from xgrad.tracking import Trackers
 
 __all__ = ["ConfigError", "RunResult", "train"]
@@ -71,15 +70,6 @@ class RunResult:
 # ----------------------------------------------------------------------------------- configuration
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for CUDA without it is a :class:`ConfigError`."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("invalid device='cuda': no CUDA device is available (use device=cpu or auto)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -96,13 +86,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """Peak device memory on CUDA; the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
 # ----------------------------------------------------------------------------------- state
@@ -157,28 +140,28 @@ class Trainer:
                 )
             if cuda:
                 device = torch.device("cuda", self.dist.local_rank)
-        self.runtime = Runtime(device, amp_dtype=torch.bfloat16 if cuda else None, channels_last=cuda,
-                               rank=self.dist.rank, world_size=self.dist.world_size)  # fmt: skip
+        self.runtime = Runtime.from_config(cfg, device, self.dist.rank, self.dist.world_size)
+        self.runtime.apply()
         seed_everything(cfg.seed)
         if cfg.get("threads"):
             torch.set_num_threads(int(cfg.threads))
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.task: Task = create_task(cfg, self.runtime)
         self.model: nn.Module = self.task.model  # the plain module: optimizer, checkpoints, prediction
-        if cfg.compile:
-            self.task.model = torch.compile(self.task.model)
+        self.ddp: nn.parallel.DistributedDataParallel | None = None
         if self.dist.enabled:
-            self.task.model = nn.parallel.DistributedDataParallel(
-                self.task.model, device_ids=[device.index] if cuda else None
-            )
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if cuda else None)
+            self.task.model = self.ddp
+        if cfg.compile:
+            # Compile the DDP-wrapped model, PyTorch's documented order: its DDPOptimizer splits the graph at
+            # DDP's bucket boundaries, so gradient all-reduces still overlap the backward pass.
+            self.task.model = torch.compile(self.task.model)
         # null entries mean "the optimizer's default" (e.g. eps for SGD in the PTB presets' eps tables)
         hp = config_kwargs(cfg.optimizer)
         try:
             self.optimizer = create_optimizer(cfg.optimizer.name, self.model, foreach=True, **hp)
         except MissingExtraError as e:  # the environment, not the config: the schema cannot know
             raise ConfigError(f"optimizer={cfg.optimizer.name}: {e}") from e
+        self.scaler = self.runtime.grad_scaler()
         self.predictor = None
         if cfg.predict and cfg.predict_steps > 0:
             self.predictor = WeightPredictor(
@@ -204,6 +187,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "predictor": self.predictor.state_dict() if self.predictor else None,
+            "scaler": self.scaler.state_dict(),
             "task": self.task.state_dict(),
             "rng": _rng_state(),
             "progress": self.progress.__dict__,
@@ -225,6 +209,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             if self.predictor and state["predictor"]:
                 self.predictor.load_state_dict(state["predictor"])
+            if state.get("scaler"):  # empty when saved without loss scaling
+                self.scaler.load_state_dict(state["scaler"])
             self.task.load_state_dict(state["task"])
             _set_rng_state(state["rng"])
             self.progress = Progress(**state["progress"])
@@ -248,9 +234,6 @@ class Trainer:
         meter, steps = self.error_meter, math.ceil(task.num_batches() / cfg.grad_accum)
         if meter:
             meter.start_epoch(epoch, steps)
-        check_every = 1 if self.runtime.device.type == "cpu" else 25  # avoid a host sync per step on GPU
-        if self.dist.enabled:
-            check_every = 0  # ranks could disagree mid-epoch; the reduced epoch totals are checked instead
         for step in range(steps):
             micro = [b for _, b in zip(range(cfg.grad_accum), batches)]
             self.optimizer.zero_grad(set_to_none=True)
@@ -259,23 +242,19 @@ class Trainer:
                 for i, batch in enumerate(micro):
                     loss, stats = task.train_loss(batch)
                     with self._gradient_sync(last=i == len(micro) - 1):
-                        (loss / len(micro)).backward()
-                    for k, v in stats.items():
+                        self.scaler.scale(loss / len(micro)).backward()
+                    for k, v in stats.items():  # summed on the device: no host sync
                         totals[k] = totals[k] + v if k in totals else v
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            self._optimizer_step()
             if self.interval == "step":
                 self.scheduler.step()
-            if check_every and step % check_every == 0 and not torch.isfinite(totals["loss_sum"]):
-                raise Diverged(f"non-finite training loss at epoch {epoch + 1}, step {step + 1}")
+            if step % self.runtime.sync_every == 0:  # the loop's only host syncs, sampled
+                self._sample(epoch, step, totals, loss, bar)
             if bar is not None:
                 bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self._lr():.3g}")
         if bar is not None:
             bar.close()
-        totals = all_reduce_sum(totals, self.dist)
+        totals = all_reduce_sum(totals, self.dist, self.runtime.device)
         if not torch.isfinite(totals["loss_sum"]):
             raise Diverged(f"non-finite training loss in epoch {epoch + 1}")
         metrics = task.metrics("train", totals)
@@ -283,10 +262,26 @@ class Trainer:
             metrics.update(meter.end_epoch())
         return metrics, int(totals["count"])
 
+    def _optimizer_step(self) -> None:
+        """Clip (the true gradients: unscaled first) and step; at fp16 a step with inf/NaN gradients is skipped."""
+        if self.cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)  # at fp16 reads whether gradients overflowed: a host sync per step
+        self.scaler.update()
+
+    def _sample(self, epoch: int, step: int, totals: Stats, loss: torch.Tensor, bar) -> None:
+        """Check the running loss sum (a non-finite step keeps it non-finite) and show the loss on the bar."""
+        # With data parallelism, ranks could disagree mid-epoch; the reduced epoch totals are checked instead.
+        if not self.dist.enabled and not torch.isfinite(totals["loss_sum"]):
+            raise Diverged(f"non-finite training loss at epoch {epoch + 1}, step {step + 1}")
+        if bar is not None:
+            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{self._lr():.3g}", refresh=False)
+
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         # With accumulation, DDP only needs to average gradients after the last micro-batch.
-        if self.dist.enabled and not last:
-            return self.task.model.no_sync()
+        if self.ddp is not None and not last:
+            return self.ddp.no_sync()
         return contextlib.nullcontext()
 
     @torch.no_grad()
@@ -319,16 +314,19 @@ class Trainer:
         while progress.epoch < cfg.epochs:
             epoch = progress.epoch
             lr = self._lr()
+            self.runtime.synchronize()  # clocks are read with the device idle: the time of this epoch's work
             start = time.perf_counter()
             try:
                 train_metrics, seen = self.train_epoch(epoch)
             except Diverged as e:
                 log.warning("%s: stopping, run marked diverged", e)
                 return "diverged"
+            self.runtime.synchronize()
             train_time = time.perf_counter() - start
             eval_metrics = self.evaluate()
             if self.interval == "epoch":
                 self.scheduler.step()
+            self.runtime.synchronize()
             epoch_time = time.perf_counter() - start
             row = {"epoch": epoch + 1, "lr": lr, **train_metrics, **eval_metrics,
                    "epoch_seconds": epoch_time, self.task.throughput: seen / train_time}  # fmt: skip
@@ -399,11 +397,12 @@ class Trainer:
         summary.update(
             wall_seconds=progress.wall_seconds + (time.perf_counter() - self.started),
             train_seconds=progress.train_seconds,
-            peak_memory_bytes=peak_memory_bytes(self.runtime.device),
+            peak_memory_bytes=self.runtime.peak_memory_bytes(),
             visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),  # the GPU(s) a launcher gave this job
             device=str(self.runtime.device) + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available()
                                                and self.runtime.device.type == "cuda" else ""),
         )  # fmt: skip
+        summary.update(self.runtime.describe(self.model))
         if error is not None:
             summary["error"] = error
         return summary

@@ -15,25 +15,26 @@ embedding size so that the decoder can share the embedding matrix), and five reg
   regularisation ``tar_beta * mean((raw_last_output[t+1] - raw_last_output[t]) ** 2)``, returned as a penalty
   that the language-model task adds to the training loss (``forward(..., return_penalty=True)``).
 
-Weight drop and prediction: XGrad's :class:`~xgrad.WeightPredictor` swaps the storage of every registered
-parameter (``p.data = predicted``). The dropped hidden-to-hidden matrix is therefore derived from the registered
-parameter ``lstm.weight_hh_l0`` on every forward and never cached, so the forward always sees whatever weights the
-parameter holds, and the gradient flows back to the parameter. It goes straight to the LSTM kernel with the other
-weights (``torch.lstm``, what ``nn.LSTM.forward`` calls) and is never assigned to the module: ``nn.LSTM`` re-packs
-its weights for cuDNN (``flatten_parameters``, a copy into a new buffer) whenever a weight attribute changes, which
-swapping the matrix in and out (``torch.func.functional_call``) would do twice per forward; awd-lstm-lm avoids the
-same by disabling ``flatten_parameters`` on its weight-dropped LSTMs. So the LSTM's weights keep their one packed
-chunk (set by ``.to(device)``), and the predictor's spares mirror it.
+Weight drop and prediction: XGrad's :class:`~xgrad.WeightPredictor` swaps the storage of every registered parameter
+(``p.data = predicted``). The dropped hidden-to-hidden matrix is therefore derived from the registered parameter
+``lstm.weight_hh_l0`` on every forward and never cached, so the forward always sees whatever weights the parameter
+holds, and the gradient flows back to the parameter. It goes straight to the LSTM kernel with the other weights
+(``torch.lstm``, what ``nn.LSTM.forward`` calls, through :class:`~xgrad.models.lstm.FP32LSTM`'s ``weights``
+argument) and is never assigned to the module: ``nn.LSTM`` re-packs its weights for cuDNN (``flatten_parameters``,
+a copy into a new buffer) whenever a weight attribute changes, which swapping the matrix in and out
+(``torch.func.functional_call``) would do twice per forward; awd-lstm-lm avoids the same by disabling
+``flatten_parameters`` on its weight-dropped LSTMs. So the LSTM's weights keep their one packed chunk (set by
+``.to(device)``), and the predictor's spares mirror it.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xgrad.hparams import Bool, Float, Int
 from xgrad.models import register_model
+from xgrad.models.lstm import FP32LSTM
 
 __all__ = ["AWDLSTM", "LockedDropout", "WeightDropLSTM", "awd_lstm", "embedding_dropout"]
 
@@ -71,20 +72,16 @@ class WeightDropLSTM(nn.Module):
         super().__init__()
         if not 0 <= weight_drop < 1:
             raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop}")
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=1)
+        self.lstm = FP32LSTM(input_size, hidden_size, num_layers=1)
         self.hidden_size, self.weight_drop = hidden_size, weight_drop
 
     def forward(self, x: Tensor, hx: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if not self.training or self.weight_drop == 0:
             return self.lstm(x, hx)
         lstm = self.lstm
-        if hx is None:
-            hx = (x.new_zeros(1, x.shape[1], self.hidden_size), x.new_zeros(1, x.shape[1], self.hidden_size))
         dropped = F.dropout(lstm.weight_hh_l0, p=self.weight_drop, training=True)
-        weights = [lstm.weight_ih_l0, dropped, lstm.bias_ih_l0, lstm.bias_hh_l0]
-        # nn.LSTM.forward's own call, with the dropped matrix in place of weight_hh_l0 (see the module docstring).
-        output, h, c = torch.lstm(x, hx, weights, True, 1, 0.0, True, False, False)
-        return output, (h, c)
+        # The dropped matrix in place of weight_hh_l0, passed to the kernel, not assigned (see the module docstring).
+        return lstm(x, hx, weights=[lstm.weight_ih_l0, dropped, lstm.bias_ih_l0, lstm.bias_hh_l0])
 
 
 class AWDLSTM(nn.Module):

@@ -2,14 +2,46 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from xgrad.hparams import Bool, Float, Int
 from xgrad.models import register_model
 
-__all__ = ["LSTMLanguageModel", "lstm"]
+__all__ = ["FP32LSTM", "LSTMLanguageModel", "lstm"]
 
 Hidden = tuple[Tensor, Tensor]
+
+
+class FP32LSTM(nn.LSTM):
+    """An ``nn.LSTM`` that computes in its parameters' dtype (float32) also inside an autocast region.
+
+    Why: CUDA autocast runs cuDNN RNNs in float16 whatever dtype it was given (ATen's
+    ``aten/src/ATen/cudnn/AutocastRNN.cpp`` casts ``_cudnn_rnn``'s inputs and weights to half), which would
+    train a language model in fp16 without loss scaling under ``precision=bf16``. The recurrent layers
+    therefore stay out of autocast; the layers around them (embedding, decoder) follow the run's precision.
+    """
+
+    def forward(
+        self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None, weights: list[Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """``nn.LSTM.forward`` in float32 outside autocast. ``weights`` (the flat list, ``nn.LSTM``'s order)
+        replace the module's own for this call without being assigned to it (weight drop): assigning would make
+        ``nn.LSTM`` re-pack its weights."""
+        dtype = self._flat_weights[0].dtype
+        with torch.autocast(input.device.type, enabled=False):
+            input = input.to(dtype)
+            if hx is not None:
+                hx = (hx[0].to(dtype), hx[1].to(dtype))
+            if weights is None:
+                return super().forward(input, hx)
+            if hx is None:
+                zeros = input.new_zeros(self.num_layers, input.shape[1], self.hidden_size)
+                hx = (zeros, zeros)
+            dropout = self.dropout if self.training else 0.0
+            output, h, c = torch.lstm(input, hx, [w.to(dtype) for w in weights], self.bias, self.num_layers, dropout,
+                                      self.training, self.bidirectional, self.batch_first)  # fmt: skip
+            return output, (h, c)
 
 
 class LSTMLanguageModel(nn.Module):
@@ -39,7 +71,7 @@ class LSTMLanguageModel(nn.Module):
         self.num_layers, self.hidden_size = num_layers, hidden_size
         self.drop = nn.Dropout(dropout)
         self.embedding = nn.Embedding(vocab_size, embedding_size)
-        self.rnn = nn.LSTM(embedding_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = FP32LSTM(embedding_size, hidden_size, num_layers, dropout=dropout if num_layers > 1 else 0.0)
         self.decoder = nn.Linear(hidden_size, vocab_size)
         if tie_weights:
             self.decoder.weight = self.embedding.weight

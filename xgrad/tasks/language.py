@@ -63,6 +63,7 @@ class LanguageModelling(Task):
     metric = "ppl"
     higher_is_better = False
     throughput = "tokens_per_second"
+    cuda_precision = "fp32"  # the published PTB numbers are float32
 
     def __init__(self, cfg: DictConfig, runtime: Runtime) -> None:
         super().__init__(cfg, runtime)
@@ -92,7 +93,7 @@ class LanguageModelling(Task):
         self.eval_window_tokens = int(ds.get("eval_window_tokens", EVAL_WINDOW_TOKENS))
 
         model = build_model(cfg, corpus.vocab_size)
-        self.model = model.to(device)
+        self.model = runtime.place(model)
         self.language_model = self.model  # the plain module (the trainer may wrap self.model: compile, DDP)
         self.penalized = bool(getattr(model, "has_penalty", False))
         self.label_smoothing = float(cfg.label_smoothing)
@@ -127,8 +128,8 @@ class LanguageModelling(Task):
             loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
         if penalty is not None:
             loss = loss + penalty
-        n = targets.numel()
-        return loss, {"loss_sum": nll.detach() * n, "count": torch.tensor(n, device=targets.device)}
+        n = targets.numel()  # known on the host: no copy to the device, no sync
+        return loss, {"loss_sum": nll.detach() * n, "count": n}
 
     def evaluate(self, split: str) -> Stats:
         source = self.eval_data[split]
@@ -142,7 +143,7 @@ class LanguageModelling(Task):
                 logits, state = self.language_model(inputs, state)  # plain module: no DDP collectives
             loss_sum += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
             count += targets.numel()
-        return {"loss_sum": loss_sum, "count": torch.tensor(count, device=source.device)}
+        return {"loss_sum": loss_sum, "count": count}
 
     def metrics(self, prefix: str, stats: Stats) -> dict[str, float]:
         loss = float(stats["loss_sum"]) / float(stats["count"])
