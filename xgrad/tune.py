@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from xgrad.errors import ConfigError
+from xgrad.rundir import atomic_write
 
 __all__ = ["DRIVER_KEYS", "GridPoint", "Selection", "Study", "main", "parse_args", "select_lr"]
 
@@ -188,8 +189,7 @@ def read_study(folder: Path) -> Study | None:
 
 
 def write_study(folder: Path, study: Study) -> None:
-    from xgrad.rundir import atomic_write
-
+    """Record ``study`` in ``folder/tuning.json`` (atomically)."""
     text = study.to_json()
     atomic_write(folder / STUDY_FILE, lambda f: f.write(text.encode()))
 
@@ -219,8 +219,8 @@ def _lr_key(lr: float) -> float:
 
 
 def _finished_runs(folder: Path) -> dict[tuple, dict[str, Any]]:
-    """Completed and diverged runs under ``folder`` by (optimizer, s, lr, seed): their summary, lr added."""
-    from xgrad.report.collect import Run, read_folder
+    """Completed and diverged runs under ``folder`` by (optimizer, s, lr, seed): their summaries."""
+    from xgrad.report.collect import Run, read_folder  # here: xgrad.report imports this module
 
     out: dict[tuple, dict[str, Any]] = {}
     if not folder.exists():
@@ -247,6 +247,16 @@ def run_lr(config: dict[str, Any]) -> float | None:
 # ----------------------------------------------------------------------------------- the command line
 
 
+# Run keys the driver sets itself, and the driver key to use instead.
+DRIVER_SET = {
+    "optimizer": "optimizers=[...]",
+    "optimizer.lr": "factors=[...] around the preset's lr",
+    "predict": "steps=[0,1]",
+    "predict_steps": "steps=[...]",
+    "seed": "seeds=[...] and tune_seeds=[...]",
+}
+
+
 def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Split ``key=value`` arguments into the driver's options and the overrides passed to every run."""
     options = {k: (list(v) if isinstance(v, list) else v) for k, v in DRIVER_KEYS.items()}
@@ -270,18 +280,8 @@ def parse_args(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     return options, passed
 
 
-# Run keys the driver sets itself, and the driver key to use instead.
-DRIVER_SET = {
-    "optimizer": "optimizers=[...]",
-    "optimizer.lr": "factors=[...] around the preset's lr",
-    "predict": "steps=[0,1]",
-    "predict_steps": "steps=[...]",
-    "seed": "seeds=[...] and tune_seeds=[...]",
-}
-
-
 def _check_options(o: dict[str, Any]) -> None:
-    def numbers(key: str, ok, what: str, kind=(int, float)) -> None:
+    def a_list(key: str, ok, what: str, kind=(int, float)) -> None:
         value = o[key]
         if (
             not isinstance(value, list)
@@ -292,11 +292,11 @@ def _check_options(o: dict[str, Any]) -> None:
         if len(set(value)) != len(value):
             raise ConfigError(f"invalid {key}={value!r}: a value is listed twice")
 
-    numbers("steps", lambda v: v >= 0 and math.isfinite(v), "horizons s >= 0 (0 = without prediction)")
-    numbers("factors", lambda v: v > 0 and math.isfinite(v), "lr multiples > 0")
-    numbers("tune_seeds", lambda v: v >= 0, "seeds >= 0", int)
-    numbers("seeds", lambda v: v >= 0, "seeds >= 0", int)
-    numbers("optimizers", lambda v: bool(v), "optimizer names", str)
+    a_list("steps", lambda v: v >= 0 and math.isfinite(v), "horizons s >= 0 (0 = without prediction)")
+    a_list("factors", lambda v: v > 0 and math.isfinite(v), "lr multiples > 0")
+    a_list("tune_seeds", lambda v: v >= 0, "seeds >= 0", int)
+    a_list("seeds", lambda v: v >= 0, "seeds >= 0", int)
+    a_list("optimizers", lambda v: bool(v), "optimizer names", str)
     if o["phase"] not in PHASES:
         raise ConfigError(f"invalid phase={o['phase']!r}: accepted {', '.join(PHASES)}")
     if not isinstance(o["study"], str) or not o["study"] or "/" in o["study"]:
