@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench report clean sweep-cifar10 sweep-cifar100 sweep-ptb sweep-horizon \
+.PHONY: install test lint demo bench gpu-check report clean sweep-cifar10 sweep-cifar100 sweep-ptb sweep-horizon \
 	tune-demo tune-cifar10 tune-ptb tune-horizon
 
 $(STAMP): pyproject.toml
@@ -74,6 +74,10 @@ report: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_predict.py
+
+# The first command on a machine with a GPU (under 5 minutes on one): writes results/gpu_check.md; exit 2 without a GPU.
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) outputs build *.egg-info
