@@ -400,11 +400,12 @@ def cost_rows(device: torch.device) -> tuple[list[Check], str]:
     for label, workload in workloads:
         for opt in optimizers:
             try:
-                result = bench_predict.bench_one(workload, opt, device, repeats, step_repeats, with_compiled=cuda)
+                result = bench_predict.bench_one(workload, opt, method="rule", device=device, repeats=repeats,
+                                                 step_repeats=step_repeats, with_compiled=cuda)  # fmt: skip
             except Exception as e:
                 checks.append(Check("cost", f"{label}, {opt}", False, error_text(e)))
                 continue
-            rows.append((device.type, label, opt, result))
+            rows.append((device.type, label, opt, "rule", result))
             ratio = result["predict_restore_ms"] / result["step_ms"]
             ok = all(math.isfinite(v) and v > 0 for k, v in result.items() if k.endswith("_ms") and k != "compiled_ms")
             checks.append(Check("cost", f"{label}, {opt}", ok, f"predict+restore {result['predict_restore_ms']:.3f} ms"
