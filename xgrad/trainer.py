@@ -479,6 +479,7 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
     runs there; any other exception marks the run ``failed`` in ``summary.json`` with the error and is re-raised.
     """
     folder = Path(folder)
+    validate(cfg)  # before the folder is made or locked: a bad configuration writes nothing
     # One process per run folder; under torchrun rank 0 holds it for all ranks.
     with hold(folder) if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext():
         return _train(cfg, folder, overrides)
