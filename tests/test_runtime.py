@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from omegaconf import open_dict
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -76,6 +77,11 @@ def test_precision_auto_resolves_per_task_and_device(monkeypatch):
     assert Runtime.from_config(image, cuda).channels_last and not Runtime.from_config(image, cpu).channels_last
     assert not Runtime.from_config(text, cuda).channels_last
     assert Runtime.from_config(image, cuda).sync_every > 1 == Runtime.from_config(image, cpu).sync_every
+    with open_dict(image):  # a configuration written before these keys existed: the defaults
+        for key in ("precision", "channels_last", "deterministic"):
+            image.pop(key)
+    assert Runtime.from_config(image, cuda).describe(nn.Linear(1, 1)) == {
+        "precision": "bf16", "channels_last": True, "deterministic": False, "rnn_precision": None}  # fmt: skip
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert Runtime.from_config(image, cuda).precision == "fp32"  # no native bf16: auto stays fp32
     with pytest.raises(ConfigError, match="precision='bf16'"):
@@ -99,7 +105,7 @@ def test_bad_runtime_keys_are_config_errors(tmp_path, overrides, message):
 
 
 def test_channels_last_true_for_a_language_model_is_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"channels_last=true for dataset\.task=language_model"):
+    with pytest.raises(ConfigError, match=r"channels_last=true for dataset demo_text \(task language_model\)"):
         train(make_cfg([*TEXT, "channels_last=true"]), tmp_path)
 
 

@@ -133,6 +133,14 @@ def _demo_text_splits_fit(cfg: dict[str, Any]) -> str | None:
     return None
 
 
+def _no_channels_last(cfg: dict[str, Any]) -> str | None:
+    # channels_last is a memory format of 4-d image tensors; a language model has none (auto resolves to off).
+    if cfg.get("channels_last") is True:
+        return (f"invalid channels_last=true for dataset {cfg['dataset']['name']} (task language_model): it has no "
+                "image tensors; accepted auto or false")  # fmt: skip
+    return None
+
+
 _LANGUAGE = {"bptt": Int(ge=1), "eval_batch_size": Int(ge=1), "test_batch_size": Int(ge=1),
              "eval_window_tokens": Int(ge=1)}  # fmt: skip
 
@@ -140,7 +148,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec("classification", {"download": Bool()}),
     "cifar100": DatasetSpec("classification", {"download": Bool()}),
     "demo_images": DatasetSpec("classification", {"n_train": Int(ge=1), "n_test": Int(ge=1), "data_seed": Int(ge=0)}),
-    "ptb": DatasetSpec("language_model", {"download": Bool(), **_LANGUAGE}),
+    "ptb": DatasetSpec("language_model", {"download": Bool(), **_LANGUAGE}, rules=(_no_channels_last,)),
     "demo_text": DatasetSpec(
         "language_model",
         {
@@ -151,7 +159,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "data_seed": Int(ge=0),
             **_LANGUAGE,
         },
-        rules=(_demo_text_splits_fit,),
+        rules=(_demo_text_splits_fit, _no_channels_last),
     ),
 }
 

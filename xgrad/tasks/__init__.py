@@ -80,7 +80,7 @@ class Runtime:
         """
         task = task_class(cfg.dataset.task)
         cuda = device.type == "cuda"
-        precision = str(cfg.precision)
+        precision = str(cfg.get("precision", "auto"))  # configurations written before these keys lack them
         if precision == "auto":
             precision = task.cuda_precision if cuda else "fp32"
             if precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
@@ -88,13 +88,10 @@ class Runtime:
         elif precision == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
             raise ConfigError(f"invalid precision='bf16': {torch.cuda.get_device_name(device)} has no native "
                               "bfloat16 (use precision=fp16 or fp32)")  # fmt: skip
-        channels_last = cfg.channels_last
+        channels_last = cfg.get("channels_last", "auto")  # true with a language model: refused by the schema
         if channels_last == "auto":
             channels_last = cuda and task.convolutional
-        elif channels_last and not task.convolutional:
-            raise ConfigError(f"invalid channels_last=true for dataset.task={cfg.dataset.task}: it has no image "
-                              "tensors (accepted auto or false)")  # fmt: skip
-        return cls(device, precision, bool(channels_last), bool(cfg.deterministic), rank, world_size,
+        return cls(device, precision, bool(channels_last), bool(cfg.get("deterministic", False)), rank, world_size,
                    sync_every=CUDA_SYNC_EVERY if cuda else 1)  # fmt: skip
 
     @property
