@@ -320,3 +320,15 @@ def test_cpu_peak_memory_is_the_process_peak_resident_memory():
 
     peak = Runtime(torch.device("cpu")).peak_memory_bytes()
     assert peak == resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 > 0
+
+
+def test_epoch_clocks_are_read_after_a_device_sync(tmp_path, monkeypatch):
+    """On CUDA, work is queued: the training time of an epoch is read between two synchronisations, and the
+    epoch time (training plus evaluation) after a third. Recorded on CPU, where synchronize() does nothing."""
+    events = []
+    original_epoch, original_evaluate = Trainer.train_epoch, Trainer.evaluate
+    monkeypatch.setattr(Runtime, "synchronize", lambda self: events.append("sync"))
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, e: events.append("train") or original_epoch(self, e))
+    monkeypatch.setattr(Trainer, "evaluate", lambda self: events.append("evaluate") or original_evaluate(self))
+    train(make_cfg([*IMAGE, "epochs=2"]), tmp_path)
+    assert events == ["sync", "train", "sync", "evaluate", "sync"] * 2
