@@ -376,6 +376,8 @@ def test_many_tests_get_holm_p_and_a_note(tmp_path: Path) -> None:
     survive = sum(p < 0.05 for p in expected.values())
     markdown = (tmp_path / "report" / "table_cifar10_resnet34.md").read_text()
     assert "final: 3 paired tests at once" in markdown and f"{survive} of 3 stay below 0.05" in markdown
+    index = (tmp_path / "report" / "README.md").read_text()
+    assert "make 6 paired t-tests in all" in index and "about 0.3 verdicts of p < 0.05" in index
 
 
 def test_split_overrides_keeps_lists_together() -> None:

@@ -36,6 +36,7 @@ class Section:
     figures: list[Path] = field(default_factory=list)
     error_figures: list[Path] = field(default_factory=list)  # prediction error and cosine, when measured
     tables: list[tuple[str, list[Path], str]] = field(default_factory=list)  # (label, files, markdown)
+    tests: int = 0  # paired t-tests made in its tables (final and best columns)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -74,6 +75,7 @@ def _section(
     steps_run = sorted(sub.loc[sub["predict"], "steps"].unique()) or [None]
     for steps in steps_run:
         numbers = comparison(sub, steps, reference)
+        section.tests += int(numbers["final_p_value"].notna().sum() + numbers["best_p_value"].notna().sum())
         table = comparison_table(numbers, metric, title, set(sub["best_selected_on"]))
         if "tuned" in sub and sub["tuned"].any():
             table.notes.append(TUNED_NOTE)
@@ -268,6 +270,14 @@ def _index(
         ]
     if not sections:
         lines += ["**No completed or diverged runs: nothing to plot or tabulate.**", ""]
+    tests = sum(section.tests for section in sections)
+    if tests > 1:
+        lines += [
+            f"Multiple comparisons: the tables below make {tests} paired t-tests in all (final and best columns "
+            f"together). Holm's adjustment is applied within each table's column; across the whole report, about "
+            f"{0.05 * tests:.1f} verdicts of p < 0.05 are expected by chance alone even if prediction changed nothing.",
+            "",
+        ]
     for section in sections:
         png = next(p for p in section.figures if p.suffix == ".png")
         lines += [
