@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo bench gpu-check report clean sweep-cifar10 sweep-cifar100 sweep-ptb sweep-horizon \
-	tune-demo tune-cifar10 tune-ptb tune-horizon
+	tune-demo tune-cifar10 tune-ptb tune-horizon reproduce
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ RESULTS ?= outputs/
 REPORT ?= outputs/report/
 report: $(STAMP)
 	$(PY) -m xgrad.report $(RESULTS) --out $(REPORT) --reference
+
+# Re-run one run of a committed report for one epoch and compare: make reproduce REPORT=results/<report> [ARGS=...]
+reproduce: $(STAMP)
+	$(PY) scripts/reproduce.py $(REPORT) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_predict.py
