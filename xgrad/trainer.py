@@ -121,12 +121,12 @@ class Progress:
 
 
 class Trainer:
-    """Owns one run: builds task, optimizer, predictor and schedule from ``cfg``; trains; writes ``folder``."""
+    """Owns one run: builds task, optimizer, predictor and schedule from ``cfg`` (checked: :func:`train` validates
+    it first); trains; writes ``folder``."""
 
     saved_epochs: int = 0  # the epochs checkpoint.pt and metrics.csv both hold: all a summary may claim
 
     def __init__(self, cfg: DictConfig, folder: Path, overrides: str = "") -> None:
-        validate(cfg)  # the config schema; the CLI checked it already, before making the run folder
         self.cfg, self.folder, self.overrides = cfg, folder, overrides
         self.started = time.perf_counter()
         device = resolve_device(cfg.device)
@@ -493,7 +493,7 @@ def _train(cfg: DictConfig, folder: Path, overrides: str) -> RunResult:
     if previous and previous.get("status") in ("completed", "diverged"):
         log.info("already %s: %s (nothing to do; set resume=false to run it again)", previous["status"], folder)
         return RunResult(previous["status"], previous, skipped=True)
-    trainer = Trainer(cfg, folder, overrides)  # validates the config first
+    trainer = Trainer(cfg, folder, overrides)
     checkpoint = folder / CHECKPOINT
     if cfg.resume and checkpoint.exists():
         trainer.load_checkpoint(checkpoint)

@@ -14,9 +14,12 @@ An entry (:class:`OptimizerSpec`) holds
 - ``label`` (tables and figures), ``source`` (where the defaults come from) and ``extra`` (the pip extra that
   provides it, if any).
 
-:func:`create_optimizer` builds an entry with validated hyperparameters, the config schema reads
-``OPTIMIZERS[name].hyperparameters``, and the report reads ``label``. Adding an optimizer is one
-:func:`register_optimizer` call plus a ``conf/optimizer/<name>.yaml`` listing the same defaults.
+:func:`create_optimizer` builds an entry with validated hyperparameters, and the report reads ``label``. The
+config schema (xgrad/schema.py) checks ``optimizer.*`` before a run starts, from the entry alone: a key not in
+``hyperparameters`` is refused, every value goes through ``Hyperparameter.error`` (so each range, type and
+``nullable`` must be declared here: ``lr``, ``positive``, ``fraction``, ``betas``, ``count``, ``flag``), then
+``checks`` (one key's rule the ranges cannot express), and ``prediction`` decides ``predict=true``. Adding an
+optimizer is one :func:`register_optimizer` call plus a ``conf/optimizer/<name>.yaml`` listing the same defaults.
 """
 
 from __future__ import annotations
