@@ -298,4 +298,4 @@ def test_joblib_two_spellings_of_one_run_never_run_at_once(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (log,) = sweep.rglob("run.log")
     assert log.read_text().count("epoch 1/1") == 1  # trained once
-    assert "1 running elsewhere" in proc.stdout or "already completed" in log.read_text()
+    assert "2 jobs: 1 completed, 1 running elsewhere" in proc.stdout or "2 jobs: 2 completed" in proc.stdout

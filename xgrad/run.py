@@ -72,8 +72,8 @@ def main(cfg: DictConfig) -> None:
         log.exception("job failed (see %s); the sweep goes on", folder / SUMMARY)
         _record_failure(folder, cfg, overrides, error_text(e), only_if_unrecorded=True)
         return
-    if result.skipped and (folder / SUMMARY).exists():
-        os.utime(folder / SUMMARY)  # marks the job as part of this launch for the sweep summary
+    if result.skipped and multirun:  # counted by the sweep summary (its summary.json is an earlier launch's)
+        record_event(Path(hydra_cfg.sweep.dir), folder, result.status, "")
     if not multirun and int(os.environ.get("RANK", "0")) == 0:
         verb = "was already" if result.skipped else "is"
         print(f"run {verb} {result.status}: {folder}")

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 __all__ = ["EVENTS", "RunFolderGuard", "SweepSummary", "record_event", "remove_created", "summarize_sweep"]
 
-# Jobs of a sweep that wrote nothing into their run folder (it was another process's or another configuration's)
-# say so here, one JSON line each, for the summary.
+# Jobs of a sweep that wrote nothing into their run folder (already done, another process's, another
+# configuration's, or a disk too full for a summary) say so here, one JSON line each, for the summary: every job
+# counts once, also two spellings of one run in one sweep.
 EVENTS = ".xgrad-sweep-events.jsonl"
 BUSY = "running elsewhere"  # the status of a job skipped because another process runs in its folder
 REFUSED = "refused"  # ... because its folder holds a run of another configuration (counts as a failure)
@@ -51,9 +52,10 @@ def _events(sweep_dir: Path, since: float) -> list[dict[str, Any]]:
 
 
 def summarize_sweep(sweep_dir: Path, since: float = 0.0) -> tuple[Counter, list[tuple[Path, dict[str, Any]]]]:
-    """Count the statuses of the runs under ``sweep_dir`` launched since ``since`` (a timestamp).
+    """Count the statuses of the jobs of ``sweep_dir`` launched since ``since`` (a timestamp): the summaries
+    written since, and the events of jobs that wrote none (a job skipped as already done counts as its status).
 
-    Returns the counts and the runs that did not complete (with their summaries), skipped jobs included.
+    Returns the counts and the jobs that did not complete (with their summaries or events).
     """
     counts: Counter = Counter()
     problems = []
@@ -72,7 +74,8 @@ def summarize_sweep(sweep_dir: Path, since: float = 0.0) -> tuple[Counter, list[
             problems.append((path.parent, summary))
     for event in _events(sweep_dir, since):
         counts[event["status"]] += 1
-        problems.append((Path(event["folder"]), event))
+        if event["status"] != "completed":
+            problems.append((Path(event["folder"]), event))
     return counts, problems
 
 
