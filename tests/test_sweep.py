@@ -282,11 +282,13 @@ def test_relaunch_while_a_job_runs_skips_it_and_says_so(tmp_path):
     sweep = tmp_path / "sweep"
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         busy = sweep / run_name([*TINY_1, "optimizer=adamw"]) / "seed=0"
+    busy.mkdir(parents=True)
+    (busy / "summary.json").write_text('{"status": "running"}')  # written by that launch during this one
     with hold(busy):  # as if an earlier launch of the sweep were still running that job
         proc = run_cli(["-m", *TINY_1, "optimizer=sgdm,adamw", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 jobs: 1 completed, 1 running elsewhere" in proc.stdout and str(busy) in proc.stdout
-    assert not (busy / "summary.json").exists()
+    assert (busy / "summary.json").read_text() == '{"status": "running"}'
 
 
 def test_joblib_two_spellings_of_one_run_never_run_at_once(tmp_path):

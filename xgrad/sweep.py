@@ -59,8 +59,10 @@ def summarize_sweep(sweep_dir: Path, since: float = 0.0) -> tuple[Counter, list[
     """
     counts: Counter = Counter()
     problems = []
+    events = _events(sweep_dir, since)
+    elsewhere = {event["folder"] for event in events if event["status"] == BUSY}  # another launch writes there
     for path in sorted(sweep_dir.rglob("summary.json")):
-        if path.stat().st_mtime < since:
+        if path.stat().st_mtime < since or str(path.parent) in elsewhere:
             continue
         try:
             summary = json.loads(path.read_text())
@@ -72,7 +74,7 @@ def summarize_sweep(sweep_dir: Path, since: float = 0.0) -> tuple[Counter, list[
         counts[status] += 1
         if status != "completed":
             problems.append((path.parent, summary))
-    for event in _events(sweep_dir, since):
+    for event in events:
         counts[event["status"]] += 1
         if event["status"] != "completed":
             problems.append((Path(event["folder"]), event))
