@@ -59,6 +59,12 @@ def test_ties_go_to_the_preset_then_to_the_smaller_lr() -> None:
     assert select_lr(symmetric, preset_lr=0.1, higher_is_better=True).lr == 0.1
     both_sides = [point(0.05, 0.6), point(0.2, 0.6)]  # equally far from 0.1 on a log scale: the smaller
     assert select_lr(both_sides, preset_lr=0.1, higher_is_better=True).lr == 0.05
+    # the default grid around 0.1 is 0.0333, 0.1, 0.3: rounding puts 0.3 nearer (1.0986 < 1.0996), yet x1/3 and x3
+    # are equally far, so their tie goes to the smaller lr
+    for preset in (0.1, 1e-3, 0.02):
+        lrs = grid_lrs(preset, [1 / 3, 1, 3])
+        rounded = [point(lrs[0], 0.6), point(lrs[1], 0.5), point(lrs[2], 0.6)]
+        assert select_lr(rounded, preset_lr=preset, higher_is_better=True).lr == lrs[0]
     near = [point(0.01, 0.6 + 1e-12), point(0.1, 0.6)]  # within 1e-9 relative: a tie, the preset wins
     assert select_lr(near, preset_lr=0.1, higher_is_better=True).lr == 0.1
 

@@ -52,6 +52,7 @@ DRIVER_KEYS: dict[str, Any] = {
 }
 PHASES = ("tune", "final", "all", "plan")
 REL_TOL = 1e-9  # two validation means this close are a tie
+LOG_TOL = 1e-2  # two lrs this close in |log(lr / preset)| are equally near the preset (3-digit grid lrs)
 
 
 # ----------------------------------------------------------------------------------- selection
@@ -92,7 +93,8 @@ def select_lr(grid: list[GridPoint], preset_lr: float, higher_is_better: bool) -
     Rules, in order: an lr with a missing tune run makes the arm undecided (finish the grid first); an lr at which
     any tune seed diverged is never chosen (it is unsafe, whatever the other seeds did); among the rest the best
     mean wins (higher accuracy, lower perplexity); a tie (relative difference below 1e-9) goes to the lr closest
-    to the preset on a log scale, then to the smaller lr. When every lr diverged nothing is chosen.
+    to the preset on a log scale (distances within 1% count as equal, so the 3-digit rounding of the grid's lrs
+    does not decide), then to the smaller lr. When every lr diverged nothing is chosen.
     """
     if not grid:
         return Selection(None, "empty grid")
@@ -105,7 +107,11 @@ def select_lr(grid: list[GridPoint], preset_lr: float, higher_is_better: bool) -
     sign = 1.0 if higher_is_better else -1.0
     top = max(sign * p.mean for p in usable)
     tied = [p for p in usable if math.isclose(sign * p.mean, top, rel_tol=REL_TOL, abs_tol=0.0)]
-    chosen = min(tied, key=lambda p: (abs(math.log(p.lr / preset_lr)), p.lr))
+    # Distance from the preset on a log scale, equal within the grid's 3-digit rounding (x1/3 of 0.1 is 0.0333,
+    # 1.0996 from it; x3 is 0.3, 1.0986): else the rounding, not "the smaller lr", would break a symmetric tie.
+    distance = {p.lr: abs(math.log(p.lr / preset_lr)) for p in tied}
+    nearest = min(distance.values())
+    chosen = min((p for p in tied if distance[p.lr] <= nearest + LOG_TOL), key=lambda p: p.lr)
     lrs = sorted(p.lr for p in grid)
     edge = len(lrs) > 1 and chosen.lr in (lrs[0], lrs[-1])
     reason = f"best validation of {len(usable)} lrs" + (
