@@ -24,7 +24,7 @@ from xgrad.report.build import with_variants
 from xgrad.report.collect import collect, drop_duplicate_seeds, runs_frame, split_overrides
 from xgrad.report.figures import convergence_figure, prediction_error_figure
 from xgrad.report.reference import load_reference, match_reference
-from xgrad.report.tables import holm, paired_test
+from xgrad.report.tables import _diff_cell, holm, paired_test
 from xgrad.report.wandb_source import load_wandb
 
 # ----------------------------------------------------------------------------------- synthetic run folders
@@ -328,6 +328,18 @@ def test_paired_interval_is_scipys_t_interval() -> None:
     assert math.isnan(paired_test(with_.iloc[:2], without.iloc[:2]).low)  # too few seeds: no interval
     same = paired_test(without + 0.5, without)  # the same difference on every seed: a zero-width interval
     assert (same.low, same.high, same.p) == (pytest.approx(0.5), pytest.approx(0.5), 0.0)
+
+
+def test_interval_beside_a_difference_over_other_seeds_names_its_own_centre() -> None:
+    """Seed 3 ran only without prediction: Δ of all means is -1.25, the matching seeds' interval is +1 ± 0."""
+    without = pd.Series([50.0, 51.0, 52.0, 60.0], index=[0, 1, 2, 3])
+    with_ = pd.Series([51.0, 52.0, 53.0], index=[0, 1, 2])
+    test = paired_test(with_, without)
+    diff = with_.mean() - without.mean()
+    assert diff == pytest.approx(-1.25) and (test.low, test.high) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert _diff_cell(diff, test.low, test.high) == "-1.25; matching seeds +1.00 [+1.00, +1.00]"
+    assert _diff_cell(0.5, 0.2, 0.8) == "+0.50 [+0.20, +0.80]"  # the same seeds: the interval is around Δ
+    assert _diff_cell(0.5, math.nan, math.nan) == "+0.50"  # no interval
 
 
 def test_holm_adjustment_exact() -> None:

@@ -316,10 +316,20 @@ def comparison_table(table: pd.DataFrame, metric: str, title: str, selected_on: 
 
 
 def _diff_cell(diff: float, low: float, high: float) -> str:
-    """``+0.42 [-0.10, +0.94]``: the difference of the means and the paired 95% interval (when there is one)."""
+    """``+0.42 [-0.10, +0.94]``: the difference of the means and the paired 95% interval (when there is one).
+
+    The interval is centred on the mean difference over the matching seeds only. When some seeds have no partner
+    (a diverged or missing seed on one side) that centre differs from the difference of all completed seeds'
+    means, and the cell names it: ``-1.25; matching seeds +1.00 [+0.80, +1.20]`` (else the interval could lie
+    beside, not around, the difference printed with it).
+    """
     if not math.isfinite(low) or not math.isfinite(high):
         return fmt_diff(diff)
-    return f"{fmt_diff(diff)} [{fmt_diff(low)}, {fmt_diff(high)}]"
+    interval = f"[{fmt_diff(low)}, {fmt_diff(high)}]"
+    centre = (low + high) / 2
+    if math.isclose(centre, diff, rel_tol=1e-9, abs_tol=1e-9):
+        return f"{fmt_diff(diff)} {interval}"
+    return f"{fmt_diff(diff)}; matching seeds {fmt_diff(centre)} {interval}"
 
 
 def _multiplicity_notes(table: pd.DataFrame) -> list[str]:
@@ -347,7 +357,8 @@ def _caption(title: str, metric: str, s_text: str, selected_on: set[str]) -> str
     return (
         f"{title}: {metric_label(metric)}, mean ± std over completed seeds, without and with weight prediction "
         f"({s_text}). final = last epoch; best = test value {best}. Δ = with − without ({better} is better). "
-        f"95% CI = paired t-interval of with − without over matching seeds (none below {MIN_PAIRED} seeds). "
+        f"95% CI = paired t-interval of with − without over matching seeds (none below {MIN_PAIRED} seeds; "
+        "its centre is shown too when some completed seeds have no partner). "
         f"holds up? = paired t-test over matching seeds, p < {ALPHA}. Bold: best in column. "
         "Diverged seeds are counted, not averaged."
     )
