@@ -279,6 +279,7 @@ def test_demo_test_set_does_not_depend_on_train_size() -> None:
 
 def test_demo_mean_colour_does_not_reveal_class() -> None:
     ds = make_demo_images(n_train=2000, n_test=1000, seed=0)
+
     def colour(x: torch.Tensor) -> torch.Tensor:
         return x.float().mean((2, 3))
 

@@ -78,9 +78,7 @@ class DenseNet(nn.Module):
 
     @staticmethod
     def _make_dense(in_planes: int, growth_rate: int, nblock: int) -> nn.Sequential:
-        return nn.Sequential(
-            *(DenseBottleneck(in_planes + i * growth_rate, growth_rate) for i in range(nblock))
-        )
+        return nn.Sequential(*(DenseBottleneck(in_planes + i * growth_rate, growth_rate) for i in range(nblock)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.features(self.conv1(x))

@@ -21,7 +21,7 @@ class LeNet(nn.Module):
         self.classifier = nn.Sequential(
             nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.ReLU(),
             nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes),
-        )
+        )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch of 3x32x32 images."""
