@@ -189,6 +189,29 @@ def test_plan_phase_prints_and_writes_nothing(tmp_path: Path, capsys: pytest.Cap
     assert not (tmp_path / "s").exists()
 
 
+def test_a_study_beside_other_runs_of_its_setting_never_shares_their_rows(tmp_path: Path) -> None:
+    """Runs at the preset lr outside the study (seeds 0-2) stay out of the tuned arm's row (chosen lr 0.000333)."""
+    study_dir, outside = tmp_path / "study", tmp_path / "plain"
+    lrs = [0.000333, 0.001, 0.003]
+    study = Study([], [1 / 3, 1, 3], [0], [0], "ppl", "final_val_ppl", [Arm("adam", s, 0.001, lrs) for s in (0, 1)])
+    for steps in (0, 1):
+        for lr in lrs:
+            fake_run(study_dir, "adam", steps, lr, 0, 100.0 + (lr if steps == 0 else -lr) * 1000)
+    fill_grid(study, study_dir)
+    assert [a.selection.lr for a in study.arms] == [0.000333, 0.003]
+    write_study(study_dir, study)
+    for seed in (0, 1, 2):  # plain runs of the same setting at the preset lr, without prediction
+        fake_run(outside, "adam", 0, 0.001, seed, 130.0, final_test_ppl=130.0 + seed, pair_id="plain")
+        path = outside / "adam,s=0,lr=0.001" / f"seed={seed}" / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "overrides": "optimizer=adam"}))
+    assert cli.main([str(study_dir), str(outside), "--out", str(tmp_path / "report")]) == 0
+    table = pd.read_csv(tmp_path / "report" / "table_ptb_lstm.csv", keep_default_na=False).set_index("variant")
+    assert sorted(table.index) == ["", "lr tuned: study"]
+    assert table.loc["", "n_without"] == 3 and table.loc["", "final_without_mean"] == pytest.approx(131.0)
+    tuned = table.loc["lr tuned: study"]
+    assert (tuned["n_without"], tuned["n_with"], tuned["final_without_mean"]) == (1, 1, pytest.approx(100.0))
+
+
 # ----------------------------------------------------------------------------------- end to end
 
 

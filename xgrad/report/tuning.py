@@ -69,8 +69,10 @@ def _study_of(source: str, studies: list[TunedStudy]) -> TunedStudy | None:
 def split_tuned(frame: pd.DataFrame, runs: list[Run], studies: list[TunedStudy]) -> tuple[pd.DataFrame, int]:
     """The runs frame with the tuning-only runs left out and tuned runs' lr out of their variant.
 
-    Adds a ``tuned`` column. Returns the frame and the number of runs left out (tuning runs at lrs not chosen,
-    and runs of arms whose lr is not chosen yet).
+    A tuned run's variant names its study instead (``lr tuned: <study folder>``; dropped, like every override,
+    when all runs of a setting share it), so a report of a study beside other runs of the same setting, or of two
+    studies, never averages or pairs runs at different lrs in one row. Adds a ``tuned`` column. Returns the frame
+    and the number of runs left out (tuning runs at lrs not chosen, and runs of arms whose lr is not chosen yet).
     """
     if frame.empty or not studies:
         return frame.assign(tuned=False) if not frame.empty else frame, 0
@@ -85,7 +87,10 @@ def split_tuned(frame: pd.DataFrame, runs: list[Run], studies: list[TunedStudy])
         chosen = arm.selection.lr if arm is not None and arm.selection is not None else None
         final = chosen is not None and lr is not None and math.isclose(lr, chosen, rel_tol=1e-9)
         keep.append(final), tuned.append(True)
-        extras.append(tuple(e for e in row.extra if not e.lstrip("+").startswith("optimizer.lr=")))
+        # The arm's own lr is no variant (with and without prediction pair up at their chosen lrs), but the study
+        # is: its runs never share a row with runs from outside it (at other lrs) or from another study.
+        others = tuple(e for e in row.extra if not e.lstrip("+").startswith("optimizer.lr="))
+        extras.append((*others, f"lr tuned: {found.folder.name}"))
     out = frame.assign(tuned=tuned, extra=extras)[keep]
     return out, len(frame) - len(out)
 
