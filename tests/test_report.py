@@ -24,7 +24,7 @@ from xgrad.report.build import with_variants
 from xgrad.report.collect import collect, drop_duplicate_seeds, runs_frame, split_overrides
 from xgrad.report.figures import convergence_figure, prediction_error_figure
 from xgrad.report.reference import load_reference, match_reference
-from xgrad.report.tables import _diff_cell, holm, paired_test
+from xgrad.report.tables import _diff_cell, cost, cost_table, holm, paired_test
 from xgrad.report.wandb_source import load_wandb
 
 # ----------------------------------------------------------------------------------- synthetic run folders
@@ -209,6 +209,33 @@ def test_cost_table_ratios(report: Path) -> None:
     assert sgdm["seconds_without"] == pytest.approx(np.mean(seconds))
     assert sgdm["seconds_ratio"] == pytest.approx(np.mean([s + 0.2 for s in seconds]) / np.mean(seconds))
     assert sgdm["memory_mib_ratio"] == pytest.approx(1.5)
+
+
+def test_cost_table_says_when_prediction_runs_include_the_error_measurement() -> None:
+    """The meter's float64 copies count in the with-prediction runs' peak memory: the table must say so."""
+    base = {"status": "completed", "dataset": "ptb", "model": "lstm", "reduced_scale": False, "optimizer": "sgdm",
+            "variant": "", "seed": 0, "train_epoch_seconds": 1.0, "peak_memory_bytes": 2.0**20}  # fmt: skip
+    frame = pd.DataFrame([
+        {**base, "predict": False, "steps": 0.0, "measured_error": False},
+        {**base, "predict": True, "steps": 1.0, "measured_error": True, "peak_memory_bytes": 3 * 2.0**20},
+    ])  # fmt: skip
+    numbers = cost(frame)
+    assert list(numbers["measured_with"]) == [True]
+    notes = " ".join(cost_table(numbers, {"cuda:0"}).notes)
+    assert "prediction_error_every=0" in notes and "two float64 copies" in notes
+    frame["measured_error"] = False  # measured off: no such note
+    assert not any("prediction_error" in n for n in cost_table(cost(frame), {"cuda:0"}).notes)
+
+
+def test_runs_frame_knows_which_runs_measured_the_prediction_error() -> None:
+    """From metrics.csv's prediction_error column (what really ran), not from the configuration."""
+    metrics = pd.DataFrame({"epoch": [1, 2], "prediction_error": [math.nan, 0.3]})
+    run = SimpleNamespace(source="x", metric="acc", summary={
+        "status": "completed", "dataset": "cifar10", "model": "resnet20", "optimizer": "sgdm", "predict": True,
+        "predict_steps": 1.0, "seed": 0, "overrides": ""}, metrics=metrics, config={})  # fmt: skip
+    assert runs_frame([run])["measured_error"].tolist() == [True]
+    run.metrics = metrics.drop(columns="prediction_error")
+    assert runs_frame([run])["measured_error"].tolist() == [False]
 
 
 def test_index_links_every_file_and_lists_skipped(report: Path) -> None:

@@ -328,6 +328,8 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
                 "peak_memory_bytes": _scaled(s.get("peak_memory_bytes"), 1.0),
                 "device": str(s.get("device", "")),
                 "num_layers": _num_layers(run.config),
+                # its time and memory include the prediction-error measurement (xgrad.prediction_error)
+                "measured_error": bool(run.metrics.get("prediction_error", pd.Series(dtype=float)).notna().any()),
             }
         )
     frame = pd.DataFrame(rows)

@@ -205,6 +205,7 @@ def cost(frame: pd.DataFrame) -> pd.DataFrame:
                     "n_without": len(without),
                     "n_with": len(with_),
                 }
+                row["measured_with"] = bool(with_.get("measured_error", pd.Series(dtype=bool)).any())
                 for name, column, scale in COST_COLUMNS:
                     a, b = without[column].mean() * scale, with_[column].mean() * scale
                     row[f"{name}_without"], row[f"{name}_with"] = a, b
@@ -398,6 +399,14 @@ def cost_table(table: pd.DataFrame, devices: set[str]) -> Table:
         "ratio = with / without."
     )
     notes = []
+    if "measured_with" in table and table["measured_with"].any():
+        notes.append(
+            "Runs with prediction that also measured the prediction error (prediction_error_every > 0, the "
+            "default) include that measurement in their time and peak memory: while a sample is in flight it "
+            "holds two float64 copies of the parameters and briefly makes more (up to seven float32-sized "
+            "copies, against the one spare copy prediction itself needs). Run with prediction_error_every=0 "
+            "to measure prediction's cost alone."
+        )
     if any(d.startswith("cpu") for d in devices):
         notes.append(
             "On CPU, peak memory is the process's peak resident memory; when several runs share one "
