@@ -283,3 +283,35 @@ def test_runner_kill_and_resume_with_extrapolation_is_exact(tmp_path, monkeypatc
                  "scheduler=cosine"]  # fmt: skip
     whole = assert_resume_is_exact(overrides, tmp_path, monkeypatch)
     assert read_summary(whole)["predict_method"] == "extrapolate"
+
+
+@pytest.mark.parametrize("case", ["warmup-from-0", "tensor-lr", "epoch-schedule-accum"])
+def test_extrapolation_equals_the_rule_under_warmup_tensor_lr_and_accumulation(case):
+    """Warmup from lr 0 (the step after a zero-lr step has nothing to repeat; the rule still moves), a float64
+    tensor lr, and a per-epoch schedule with 3 micro-batches per step: afterwards equal to the rule to round-off."""
+    params = make_params()
+    if case == "tensor-lr":
+        optimizer = torch.optim.AdamW(params, lr=torch.tensor(1e-2, dtype=torch.float64), weight_decay=0.1,
+                                      foreach=False)  # fmt: skip
+        scheduler, every = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=8), 1
+    elif case == "warmup-from-0":
+        optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)
+        scheduler, every = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, k / 3)), 1
+    else:
+        optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+        scheduler, every = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5), 2
+    rule = WeightPredictor(optimizer, 2.5, True, method="rule")
+    extrapolation = WeightPredictor(optimizer, 2.5, True, method="extrapolate")
+    g = torch.Generator().manual_seed(3)
+    for step in range(8):
+        theta = [p.detach().clone() for p in params]
+        got, want = predicted(extrapolation, params), predicted(rule, params)
+        if step == 0 or (case == "warmup-from-0" and step == 1):  # no step yet, or the last one had lr 0
+            assert all(torch.equal(a, b) for a, b in zip(got, theta))
+        else:
+            assert_same_prediction(got, want, theta)
+        for p in params:
+            p.grad = sum(torch.randn(p.shape, generator=g, dtype=p.dtype) for _ in range(3)) / 3  # 3 micro-batches
+        optimizer.step()
+        if (step + 1) % every == 0:
+            scheduler.step()
