@@ -8,7 +8,8 @@ An entry (:class:`OptimizerSpec`) holds
   the only keys a config may set; the defaults come from the method's paper or official code (``source``);
 - ``prediction``: how ``WeightPredictor`` predicts it: ``"rule"`` (a rule registered in :mod:`xgrad.predict`),
   ``"extrapolate"`` (the last update repeated, ``theta_t + s * lr_next / lr_last * (theta_t - theta_{t-1})``)
-  or ``"none"`` (nothing to predict from: plain SGD);
+  or ``"none"`` (its rule has no direction to predict from: plain SGD, which only ``method="extrapolate"``
+  predicts);
 - ``param_groups``: given the model, how its parameters split into groups (Muon: hidden matrices to Muon, the
   rest to AdamW), or None for one group of all parameters;
 - ``label`` (tables and figures), ``source`` (where the defaults come from) and ``extra`` (the pip extra that
@@ -188,7 +189,7 @@ class OptimizerSpec:
 
     @property
     def can_predict(self) -> bool:
-        """Whether ``predict=true`` works with this optimizer."""
+        """Whether ``predict=true`` works with ``predict_method`` auto (every optimizer predicts with extrapolate)."""
         return self.prediction != "none"
 
     @property
