@@ -212,6 +212,18 @@ def test_a_study_beside_other_runs_of_its_setting_never_shares_their_rows(tmp_pa
     assert (tuned["n_without"], tuned["n_with"], tuned["final_without_mean"]) == (1, 1, pytest.approx(100.0))
 
 
+def test_tuning_table_keeps_small_factors_apart() -> None:
+    from xgrad.report.tuning import TunedStudy, tuning_table
+
+    lrs = grid_lrs(0.1, [1e-3, 1 / 300, 1])  # 0.0001, 0.000333, 0.1
+    study = Study([], [1e-3, 1 / 300, 1], [0], [0], "ppl", "final_val_ppl", [Arm("adam", 0.0, 0.1, lrs)])
+    study.arms[0].grid = [point(lr, 100.0 + i) for i, lr in enumerate(lrs)]
+    study.arms[0].selection = select_lr(study.arms[0].grid, 0.1, higher_is_better=False)
+    table = tuning_table(TunedStudy(Path("."), study), "t")
+    assert table.headers[2:5] == ["×0.001", "×0.0033", "×1"]
+    assert table.cells[0][2:5] == ["100.00 (lr 0.0001)", "101.00 (lr 0.000333)", "102.00 (lr 0.1)"]
+
+
 # ----------------------------------------------------------------------------------- end to end
 
 

@@ -127,11 +127,11 @@ def tuning_table(tuned: TunedStudy, title: str) -> Table:
     """The chosen lr per arm, beside the validation metric at each lr of its grid."""
     study = tuned.study
     scale = 100.0 if study.metric == "acc" else 1.0
-    factors = sorted({round(p.lr / a.preset_lr, 2) for a in study.arms for p in a.grid})
+    factors = sorted({_factor(p.lr, a.preset_lr) for a in study.arms for p in a.grid})
     headers = ["arm", "preset lr", *[f"×{f:g}" for f in factors], "chosen lr", "note"]
     cells, bold = [], []
     for arm in _arms(study):
-        by_factor = {round(p.lr / arm.preset_lr, 2): p for p in arm.grid}
+        by_factor = {_factor(p.lr, arm.preset_lr): p for p in arm.grid}
         chosen = arm.selection.lr if arm.selection else None
         row, marks = [_arm_label(arm.optimizer, arm.steps), f"{arm.preset_lr:g}"], [False, False]
         for f in factors:
@@ -163,6 +163,12 @@ def tuning_table(tuned: TunedStudy, title: str) -> Table:
         f"comparison tables use the final seeds {', '.join(map(str, study.seeds))} at the chosen lr, judged on test."
     )
     return Table(headers, cells, bold, caption, align="lr" + "r" * len(factors) + "rl")
+
+
+def _factor(lr: float, preset_lr: float) -> float:
+    """The grid's multiple of the preset that ``lr`` is, to 2 significant digits (the lrs carry 3): x1/1000 and
+    x1/300 stay two columns (rounding to decimals made both 0)."""
+    return float(f"{lr / preset_lr:.2g}")
 
 
 def tuning_figure(tuned: TunedStudy, title: str) -> Figure:
