@@ -229,14 +229,14 @@ def _check_group(prefix: str, values: Mapping[str, Any], params: Mapping[str, An
 
 def _mapping(key: str, value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ConfigError(f"invalid {key}={value!r}: accepted a group of keys ({key}.KEY=VALUE)")
+        raise ConfigError(f"invalid {key}={show(value)}: accepted a group of keys ({key}.KEY=VALUE)")
     return value
 
 
 def _name(group: str, values: Mapping[str, Any], known: Mapping[str, Any]) -> str:
     name = values.get("name")
     if name not in known:
-        raise ConfigError(f"invalid {group}.name={name!r}: accepted one of {', '.join(sorted(known))}")
+        raise ConfigError(f"invalid {group}.name={show(name)}: accepted one of {', '.join(sorted(known))}")
     return name
 
 
