@@ -100,6 +100,11 @@ def test_bad_value_is_refused_before_anything_is_written(tmp_path, overrides, me
     assert not folder.exists()
 
 
+def test_a_constraint_only_the_optimizer_checks_is_still_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"optimizer=sgdm: Nesterov momentum requires a momentum and zero damp"):
+        train(make_cfg([*TINY, "optimizer.nesterov=true", "optimizer.dampening=0.5"]), tmp_path / "run")
+
+
 # ----------------------------------------------------------------------------------- the schema fits conf/
 
 

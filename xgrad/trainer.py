@@ -159,7 +159,9 @@ class Trainer:
         hp = config_kwargs(cfg.optimizer)
         try:
             self.optimizer = create_optimizer(cfg.optimizer.name, self.model, foreach=True, **hp)
-        except MissingExtraError as e:  # the environment, not the config: the schema cannot know
+        # A missing optional package (the environment), or a constraint across keys that only the optimizer's
+        # constructor checks (torch's SGD: nesterov needs dampening=0): still one line, not a traceback.
+        except (MissingExtraError, ValueError) as e:
             raise ConfigError(f"optimizer={cfg.optimizer.name}: {e}") from e
         self.scaler = self.runtime.grad_scaler()
         self.predictor = None
