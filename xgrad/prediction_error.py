@@ -19,9 +19,10 @@ each over all parameters together (global norms). Each epoch samples its steps `
 still sampled once, in its middle; left out are the run's very first step (no optimizer state yet) and steps
 whose weights ``s`` steps later would fall in the next epoch (each epoch stands alone, so a resumed run
 measures exactly what an uninterrupted one does). Each epoch reports the mean over its samples (no value when
-it had none). Differences are accumulated in float64 so that ``theta_reached - theta_t``
-does not lose digits to cancellation. The cost: two float64 vectors of all the parameters per sample in flight, a
-few kernels per sample, and no host synchronisation until the epoch's means are read.
+it had none). Differences are accumulated in float64 so that ``theta_reached - theta_t`` does not lose digits
+to cancellation. The cost: two float64 vectors of all the parameters per sample in flight (written parameter by
+parameter, with no concatenated copy), a few passes over them per sample, and no host synchronisation until the
+epoch's means are read.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ class PredictionErrorMeter:
         sample = self._start(step) if self._sampled(step) else None
         with predictor:
             if sample is not None:  # the parameters hold theta_hat now; predicted = theta_hat - theta_t
-                sample.predicted.add_(self._theta())
+                self._add_params(sample.predicted)
                 self._pending.append(sample)
             yield
 
@@ -139,28 +140,33 @@ class PredictionErrorMeter:
 
     # ---------------------------------------------------------------------------------------------- internals
 
-    def _theta(self) -> Tensor:
-        """The parameters' current values as one float64 vector (one concatenation kernel, then one cast)."""
-        return torch.cat([_memory_order(p.detach()) for p in self.params]).to(torch.float64)
+    def _add_params(self, vector: Tensor, alpha: float = 1.0) -> None:
+        """``vector += alpha * theta`` (the parameters' current values), each parameter into its own slice: no
+        temporary copy of the parameters, so a sample holds two float64 vectors and nothing more."""
+        offset = 0
+        for p in self.params:
+            flat = _memory_order(p.detach())
+            vector[offset : offset + flat.numel()].add_(flat, alpha=alpha)
+            offset += flat.numel()
 
     def _start(self, step: int) -> _Sample:
-        theta = self._theta()
-        sample = _Sample(step, -theta, -theta, dict(self._weights))
-        if 0 in sample.targets:  # s < 1: theta_t itself is one end of the interpolation
-            sample.actual.add_(theta, alpha=sample.targets.pop(0))
+        size = sum(2 * p.numel() if p.is_complex() else p.numel() for p in self.params)
+        predicted = torch.zeros(size, dtype=torch.float64, device=self._device)
+        self._add_params(predicted, -1.0)  # -theta_t
+        sample = _Sample(step, predicted, predicted.clone(), dict(self._weights))
+        if 0 in sample.targets:  # s < 1: theta_t itself is one end of the interpolation, -theta_t + w0 * theta_t
+            sample.actual.mul_(1.0 - sample.targets.pop(0))
         return sample
 
     def _reached(self, step: int) -> None:
         """The parameters hold the weights after ``step`` steps of this epoch: feed the samples waiting for them."""
         if not self._pending:
             return
-        theta = None
         for sample in list(self._pending):
             weight = sample.targets.pop(step - sample.start, None)
             if weight is None:
                 continue
-            theta = theta if theta is not None else self._theta()
-            sample.actual.add_(theta, alpha=weight)
+            self._add_params(sample.actual, weight)
             if not sample.targets:
                 self._finish(sample)
                 self._pending.remove(sample)

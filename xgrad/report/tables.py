@@ -403,8 +403,8 @@ def cost_table(table: pd.DataFrame, devices: set[str]) -> Table:
         notes.append(
             "Runs with prediction that also measured the prediction error (prediction_error_every > 0, the "
             "default) include that measurement in their time and peak memory: while a sample is in flight it "
-            "holds two float64 copies of the parameters and briefly makes more (up to seven float32-sized "
-            "copies, against the one spare copy prediction itself needs). Run with prediction_error_every=0 "
+            "holds two float64 copies of the parameters (four float32-sized copies, against the one spare copy "
+            "prediction itself needs). Run with prediction_error_every=0 "
             "to measure prediction's cost alone."
         )
     if any(d.startswith("cpu") for d in devices):
