@@ -60,9 +60,9 @@ def summarize_sweep(sweep_dir: Path, since: float = 0.0) -> tuple[Counter, list[
     counts: Counter = Counter()
     problems = []
     events = _events(sweep_dir, since)
-    elsewhere = {event["folder"] for event in events if event["status"] == BUSY}  # another launch writes there
+    elsewhere = {event["folder"] for event in events if event["status"] == BUSY}  # another process writes there
     for path in sorted(sweep_dir.rglob("summary.json")):
-        if path.stat().st_mtime < since or str(path.parent) in elsewhere:
+        if path.stat().st_mtime < since:
             continue
         try:
             summary = json.loads(path.read_text())
@@ -71,6 +71,8 @@ def summarize_sweep(sweep_dir: Path, since: float = 0.0) -> tuple[Counter, list[
         if not isinstance(summary, dict):
             summary = {"status": "unreadable"}
         status = summary.get("status", "unknown")
+        if status == "running" and str(path.parent) in elsewhere:  # the other process's run: counted by its event
+            continue
         counts[status] += 1
         if status != "completed":
             problems.append((path.parent, summary))
