@@ -332,3 +332,34 @@ def test_epoch_clocks_are_read_after_a_device_sync(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "evaluate", lambda self: events.append("evaluate") or original_evaluate(self))
     train(make_cfg([*IMAGE, "epochs=2"]), tmp_path)
     assert events == ["sync", "train", "sync", "evaluate", "sync"] * 2
+
+
+def test_resume_under_other_resolved_settings_is_refused(tmp_path, monkeypatch):
+    """precision=auto resolves by device, which is not in a run's identity: a CPU checkpoint resumed where auto
+    means bf16 (a GPU) would silently change precision mid-run. Stand-in: the resolution changes between runs."""
+    from xgrad.errors import ResumeError
+
+    folder = tmp_path / "run"
+    overrides = [*TINY, "epochs=2"]
+    original = Trainer.train_epoch
+
+    def dies_in_second_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(overrides), folder)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resolve = Runtime.from_config.__func__
+
+    def auto_means_bf16(cls, cfg, *args, **kwargs):
+        runtime = resolve(cls, cfg, *args, **kwargs)
+        return dataclasses.replace(runtime, precision="bf16")
+
+    monkeypatch.setattr(Runtime, "from_config", classmethod(auto_means_bf16))
+    with pytest.raises(ResumeError, match=r"precision=fp32 -> bf16.*resume=false"):
+        train(make_cfg(overrides), folder)
+    monkeypatch.setattr(Runtime, "from_config", classmethod(resolve))
+    assert train(make_cfg(overrides), folder).status == "completed"

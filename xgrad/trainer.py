@@ -205,6 +205,7 @@ class Trainer:
             shown = ", ".join(k for k, _, _ in differences(recorded, current)[:4])
             raise ResumeError(f"checkpoint {path} is of another configuration (differs in {shown}); delete it, "
                               "or set resume=false to start over")  # fmt: skip
+        self._check_runtime(path, state.get("runtime") if isinstance(state, dict) else None)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -222,6 +223,22 @@ class Trainer:
                 f"checkpoint {path} does not fit this configuration (another model or optimizer? "
                 f"{type(e).__name__}: {why}); delete it, or set resume=false to start over"
             ) from None
+
+    def _check_runtime(self, path: Path, recorded: dict[str, Any] | None) -> None:
+        """Refuse to resume under other resolved settings: ``precision=auto`` and ``channels_last=auto`` resolve
+        by device, which is not part of a run's identity, so a CPU run resumed on a GPU would go on in bf16."""
+        current = self._runtime_record()
+        changed = [f"{k}={recorded[k]} -> {v}" for k, v in current.items() if recorded and recorded.get(k, v) != v]
+        if changed:
+            raise ResumeError(
+                f"checkpoint {path} was trained with other resolved settings ({', '.join(changed)}; another device?): "
+                "resume it on its own kind of device, or set resume=false to start over"
+            )
+
+    def _runtime_record(self) -> dict[str, Any]:
+        """The resolved settings that change results, as checkpoints record them."""
+        r = self.runtime
+        return {"precision": r.precision, "channels_last": r.channels_last, "deterministic": r.deterministic}
 
     # -------------------------------------------------------------------- one epoch
 
@@ -362,7 +379,8 @@ class Trainer:
         self.started = time.perf_counter()
         # In this order, so that a summary never claims more epochs than checkpoint and metrics hold.
         if self.dist.is_main:
-            save_checkpoint(self.folder, {**self.checkpoint_state(), "identity": identity(self.cfg)})
+            state = {**self.checkpoint_state(), "identity": identity(self.cfg), "runtime": self._runtime_record()}
+            save_checkpoint(self.folder, state)
             write_metrics(self.folder, self.progress.rows)
         self.saved_epochs = self.progress.epoch
         if self.dist.is_main:
