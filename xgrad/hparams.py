@@ -1,13 +1,15 @@
 """What a configuration value accepts: a type and range, and the words that describe it in an error.
 
-The model and schedule registries declare their entries' keys with these (``register_model(...,
-hyperparameters=...)`` in xgrad/models, ``SCHEDULES`` in xgrad/schedulers.py), the config schema
-(xgrad/schema.py) its top-level, dataset and logger keys, and the schema checks every key against them before a
-run starts. The optimizer registry's ``Hyperparameter`` (xgrad/optim/factory.py), which also carries each
-default, answers the same question the same way: anything with ``error(key, value) -> str | None`` can declare
-a key. A check never raises: a value of the wrong type is simply not accepted::
+The one way to declare a key: the model, schedule and optimizer registries declare their entries' keys with
+these (``register_model(..., hyperparameters=...)`` in xgrad/models, ``SCHEDULES`` in xgrad/schedulers.py,
+``register_optimizer`` in xgrad/optim/factory.py, which pairs each with the suite's default in a
+:class:`Default`), the config schema (xgrad/schema.py) its top-level, dataset and logger keys, and the schema
+checks every key against them before a run starts. A check never raises: a value of the wrong type is simply
+not accepted::
 
     {"num_layers": Int(ge=1), "dropout": Float(ge=0, lt=1), "tie_weights": Bool(), "interval": Choice("epoch", "step")}
+
+This module needs only the standard library (no Hydra, no torch), so the method layer (xgrad/optim) uses it too.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Any
 __all__ = [
     "Bool",
     "Choice",
+    "Default",
     "Float",
     "IncreasingInts",
     "Int",
+    "ListOf",
     "Nullable",
-    "Pair",
     "Param",
     "Str",
     "StrList",
@@ -50,6 +53,14 @@ class Param:
         except (TypeError, ValueError, OverflowError):
             ok = False
         return None if ok else f"invalid {key}={show(value)}: accepted {self.accepted}"
+
+
+@dataclass(frozen=True)
+class Default:
+    """A key's accepted values (``param``) and the value used when a configuration leaves the key out."""
+
+    param: Param
+    value: Any
 
 
 def show(value: Any) -> str:
@@ -108,10 +119,27 @@ def Nullable(param: Param) -> Param:
     return Param(lambda v: v is None or param.accepts(v), f"null or {param.accepted}")
 
 
-def Pair(item: Param) -> Param:
-    """A list of two values, each accepted by ``item`` (``betas: [0.9, 0.999]``)."""
-    return Param(lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(item.accepts(x) for x in v),
-                 f"a pair [a, b] of which each is {item.accepted}")  # fmt: skip
+@dataclass(frozen=True)
+class _Items(Param):
+    """:func:`ListOf`'s check, which also knows its element's check to name a bad element."""
+
+    item: Param
+    length: int
+
+    def error(self, key: str, value: Any) -> str | None:
+        """A list of the right length names its first bad element (``invalid betas[1]=1.5: accepted ...``)."""
+        if isinstance(value, (list, tuple)) and len(value) == self.length:
+            for i, x in enumerate(value):
+                error = self.item.error(f"{key}[{i}]", x)
+                if error:
+                    return error
+        return super().error(key, value)
+
+
+def ListOf(item: Param, length: int) -> Param:
+    """A list of ``length`` values, each accepted by ``item`` (``betas: [0.9, 0.999]``)."""
+    return _Items(lambda v: isinstance(v, (list, tuple)) and len(v) == length and all(item.accepts(x) for x in v),
+                  f"a list of {length} elements, each {item.accepted}", item, length)  # fmt: skip
 
 
 def IncreasingInts(ge: int = 1) -> Param:

@@ -7,10 +7,11 @@ the groups must fit together (a language model for a language dataset, an optimi
 (:class:`~xgrad.errors.ConfigError`, exit 2).
 
 Where the rules live: the top-level keys, the logger and the datasets are declared here (in xgrad.hparams
-terms); an optimizer's hyperparameters in its registry entry (xgrad/optim/factory.py ``OPTIMIZERS``, with its
-per-key ``checks`` and ``prediction``), a model's in its ``register_model`` call (xgrad/models, with the task
-it serves), a schedule's in ``SCHEDULES`` (xgrad/schedulers.py). The schema asks those registries, so a new
-optimizer, model or schedule declares its keys once, where it is defined, and the schema checks them.
+terms); an optimizer's hyperparameters in its registry entry (xgrad/optim/factory.py ``OPTIMIZERS``, each a
+``Param`` paired with its default, with the entry's per-key ``checks`` and ``prediction``), a model's in its
+``register_model`` call (xgrad/models, with the task it serves), a schedule's in ``SCHEDULES``
+(xgrad/schedulers.py). The schema asks those registries, so a new optimizer, model or schedule declares its keys
+once, where it is defined, and the schema checks them.
 
 Why one validation module rather than Hydra structured configs: it sees the configuration exactly as it will
 run (after presets, interpolations such as ``${lr_table.${optimizer.name}}`` and ``++`` additions, which
@@ -286,7 +287,7 @@ def _check_optimizer(cfg: dict[str, Any]) -> None:
     # null means "the optimizer's default", also for a key this optimizer lacks (the presets' per-optimizer
     # tables give SGD eps: null); a name no optimizer declares is still a typo.
     hp = {k: v for k, v in optimizer.items() if k != "name" and (v is not None or k not in declared)}
-    _check_group("optimizer.", hp, spec.hyperparameters, f"optimizer {name}")
+    _check_group("optimizer.", hp, spec.params, f"optimizer {name}")
     for key, check, text in spec.checks:
         if key in hp and not check(hp[key]):
             raise ConfigError(f"invalid optimizer.{key}={show(hp[key])} for optimizer {name}: accepted {text}")

@@ -4,7 +4,6 @@ from .adabelief import AdaBelief
 from .adam3 import AdaM3
 from .factory import (
     OPTIMIZERS,
-    Hyperparameter,
     MissingExtraError,
     OptimizerSpec,
     create_optimizer,
@@ -17,7 +16,6 @@ __all__ = [
     "OPTIMIZERS",
     "AdaBelief",
     "AdaM3",
-    "Hyperparameter",
     "MissingExtraError",
     "MuonWithAdamW",
     "OptimizerSpec",

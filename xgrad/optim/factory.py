@@ -4,8 +4,9 @@ An entry (:class:`OptimizerSpec`) holds
 
 - ``build``: the class, or a function ``build(params, **hyperparameters) -> Optimizer``; for a class from an
   optional package, :func:`optional` imports it on first use and names the extra to install if it is missing;
-- ``hyperparameters``: name -> :class:`Hyperparameter` (the suite's default and the accepted values). These are
-  the only keys a config may set; the defaults come from the method's paper or official code (``source``);
+- ``hyperparameters``: name -> :class:`~xgrad.hparams.Default` (an :mod:`xgrad.hparams` ``Param``, the values
+  accepted, paired with the suite's default). These are the only keys a config may set; the defaults come from
+  the method's paper or official code (``source``);
 - ``prediction``: how ``WeightPredictor`` predicts it: ``"rule"`` (a rule registered in :mod:`xgrad.predict`),
   ``"extrapolate"`` (the last update repeated, ``theta_t + s * lr_next / lr_last * (theta_t - theta_{t-1})``)
   or ``"none"`` (its rule has no direction to predict from: plain SGD, which only ``method="extrapolate"``
@@ -17,9 +18,9 @@ An entry (:class:`OptimizerSpec`) holds
 
 :func:`create_optimizer` builds an entry with validated hyperparameters, and the report reads ``label``. The
 config schema (xgrad/schema.py) checks ``optimizer.*`` before a run starts, from the entry alone: a key not in
-``hyperparameters`` is refused, every value goes through ``Hyperparameter.error`` (so each range, type and
-``nullable`` must be declared here: ``lr``, ``positive``, ``fraction``, ``betas``, ``count``, ``flag``), then
-``checks`` (one key's rule the ranges cannot express), and ``prediction`` decides ``predict=true``. Adding an
+``hyperparameters`` is refused, every value goes through its ``Param`` (so each range and type, and whether
+null is accepted, must be declared here, in the same terms as the models' and schedules' keys), then ``checks``
+(one key's rule the ranges cannot express), and ``prediction`` decides ``predict=true``. Adding an
 optimizer is one :func:`register_optimizer` call plus a ``conf/optimizer/<name>.yaml`` listing the same defaults.
 """
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,13 +36,14 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
+from xgrad.hparams import Bool, Choice, Default, Float, Int, ListOf, Nullable, Param, check_values
+
 from .adabelief import AdaBelief
 from .adam3 import AdaM3
 from .muon import MuonWithAdamW, muon_param_groups
 
 __all__ = [
     "OPTIMIZERS",
-    "Hyperparameter",
     "MissingExtraError",
     "OptimizerSpec",
     "create_optimizer",
@@ -56,125 +57,11 @@ class MissingExtraError(ImportError):
 
 
 @dataclass(frozen=True)
-class Hyperparameter:
-    """One hyperparameter: the suite's default and the values accepted.
-
-    Numbers must lie in ``[low, high]`` (``low_open`` / ``high_open`` make an end exclusive; None: unbounded);
-    ``kind`` is ``float``, ``int``, ``bool``, ``str`` or ``tuple``. A tuple has ``length`` elements (or
-    ``length`` is a tuple of allowed lengths), each a number in the range. ``choices`` lists the accepted values
-    of a ``str`` (or anything else); ``nullable`` also accepts None (a tuple: None elements).
-    """
-
-    default: Any
-    kind: type = float
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-    length: int | tuple[int, ...] | None = None
-    choices: tuple[Any, ...] | None = None
-    nullable: bool = False
-
-    def accepted(self, name: str = "x") -> str:
-        """The accepted values in words, e.g. ``a number with 0 <= x < 1`` (``name`` in place of x)."""
-        if self.choices is not None:
-            return "one of " + ", ".join("null" if c is None else repr(c) for c in self.choices)
-        if self.kind is bool:
-            return "true or false"
-        if self.kind is str:
-            return "a string" + (" or null" if self.nullable else "")
-        low = f"{self.low:g} {'<' if self.low_open else '<='} " if self.low is not None else ""
-        high = f" {'<' if self.high_open else '<='} {self.high:g}" if self.high is not None else ""
-        if low and not high:  # one-sided bounds read better as "x >= 0"
-            low, high = "", f" {'>' if self.low_open else '>='} {self.low:g}"
-        number = "an integer" if self.kind is int else "a number"
-        number += f" with {low}{name}{high}" if low or high else ""
-        if self.kind is tuple:
-            lengths = self.length if isinstance(self.length, tuple) else (self.length,)
-            return f"a list of {' or '.join(map(str, lengths))} elements, each {number}" + (
-                " or null" if self.nullable else ""
-            )
-        return number + (" or null" if self.nullable else "")
-
-    def _number_ok(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        if self.kind is int and not isinstance(value, int):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def error(self, key: str, value: Any) -> str | None:
-        """None when ``value`` is accepted, else ``"invalid KEY=VALUE: accepted ..."`` (a list: its bad element)."""
-        if self.choices is not None:
-            good = value in self.choices
-        elif self.kind is bool:
-            good = isinstance(value, bool)
-        elif self.kind is str:
-            good = isinstance(value, str) or (value is None and self.nullable)
-        elif self.kind is tuple:
-            lengths = self.length if isinstance(self.length, tuple) else (self.length,)
-            good = isinstance(value, (tuple, list)) and len(value) in lengths
-            if good:
-                element = Hyperparameter(None, float, self.low, self.high, self.low_open, self.high_open,
-                                         nullable=self.nullable)  # fmt: skip
-                for i, v in enumerate(value):
-                    if not element._number_ok(v):
-                        label = f"{key}[{i}]"
-                        return f"invalid {label}={v!r}: accepted {element.accepted(label)}"
-        else:
-            good = self._number_ok(value)
-        return None if good else f"invalid {key}={value!r}: accepted {self.accepted(key)}"
-
-
-def _float(default: float, low: float | None = None, high: float | None = None, **kw: Any) -> Hyperparameter:
-    return Hyperparameter(default, float, low, high, **kw)
-
-
-def lr(default: float) -> Hyperparameter:
-    """A learning rate: ``lr > 0`` (0 would train nothing, and a run would say it completed)."""
-    return _float(default, 0.0, low_open=True)
-
-
-def nonnegative(default: float) -> Hyperparameter:
-    """A number ``>= 0`` (weight decay, momentum decay, ...)."""
-    return _float(default, 0.0)
-
-
-def positive(default: float) -> Hyperparameter:
-    """A number ``> 0`` (eps, ...)."""
-    return _float(default, 0.0, low_open=True)
-
-
-def fraction(default: float, *, low_open: bool = False) -> Hyperparameter:
-    """A decay rate in ``[0, 1)`` (or ``(0, 1)`` with ``low_open``)."""
-    return _float(default, 0.0, 1.0, low_open=low_open, high_open=True)
-
-
-def flag(default: bool) -> Hyperparameter:
-    """A boolean switch."""
-    return Hyperparameter(default, bool)
-
-
-def betas(*default: float, lengths: tuple[int, ...] | None = None) -> Hyperparameter:
-    """A tuple of EMA rates, each in ``[0, 1)``."""
-    return Hyperparameter(tuple(default), tuple, 0.0, 1.0, high_open=True, length=lengths or len(default))
-
-
-def count(default: int, low: int = 1) -> Hyperparameter:
-    """An integer ``>= low``."""
-    return Hyperparameter(default, int, low)
-
-
-@dataclass(frozen=True)
 class OptimizerSpec:
     """Everything about one optimizer (see the module docstring)."""
 
     build: Callable[..., Optimizer]
-    hyperparameters: dict[str, Hyperparameter]
+    hyperparameters: dict[str, Default]
     prediction: Literal["rule", "extrapolate", "none"]
     label: str
     source: str
@@ -193,9 +80,14 @@ class OptimizerSpec:
         return self.prediction != "none"
 
     @property
+    def params(self) -> dict[str, Param]:
+        """What each hyperparameter accepts (the schema and :func:`create_optimizer` check values against it)."""
+        return {name: hp.param for name, hp in self.hyperparameters.items()}
+
+    @property
     def defaults(self) -> dict[str, Any]:
-        """The suite's default hyperparameters (each entry's ``default``)."""
-        return {name: hp.default for name, hp in self.hyperparameters.items()}
+        """The suite's default hyperparameters (each entry's ``Default.value``)."""
+        return {name: hp.value for name, hp in self.hyperparameters.items()}
 
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {}
@@ -232,28 +124,37 @@ def optional(module: str, attribute: str, extra: str) -> Callable[..., Optimizer
 
 # ----------------------------------------------------------------------------------------------- entries
 # Common ranges. Each entry lists every key its config may set, with the default that config file repeats.
-_WD = nonnegative(0.0)
-_ADAM = {"lr": lr(1e-3), "betas": betas(0.9, 0.999), "eps": positive(1e-8), "weight_decay": _WD}
+_LR = Float(gt=0)  # 0 would train nothing, and a run would say it completed
+_NONNEGATIVE = Float(ge=0)  # weight decay, momentum decay, ...
+_POSITIVE = Float(gt=0)  # eps, ...
+_RATE = Float(ge=0, lt=1)  # a decay rate (EMA of gradients or their squares)
+_FLAG = Bool()
+_COUNT = Int(ge=1)
+_BETAS = ListOf(_RATE, 2)
+_WD = Default(_NONNEGATIVE, 0.0)
+_OFF = Default(_FLAG, False)
+_ADAM = {"lr": Default(_LR, 1e-3), "betas": Default(_BETAS, (0.9, 0.999)), "eps": Default(_POSITIVE, 1e-8),
+         "weight_decay": _WD}  # fmt: skip
 
 # Paper's five: the defaults are the classes' own (the conf/optimizer files set the CIFAR protocol on top).
 register_optimizer("sgd", OptimizerSpec(
     torch.optim.SGD,
-    {"lr": lr(1e-3), "momentum": nonnegative(0.0), "weight_decay": _WD},
+    {"lr": Default(_LR, 1e-3), "momentum": Default(_NONNEGATIVE, 0.0), "weight_decay": _WD},
     "none", "SGD", "torch.optim.SGD",
     checks=(("momentum", lambda v: float(v) == 0.0, "0 (use 'sgdm' for momentum)"),),
 ))  # fmt: skip
 register_optimizer("sgdm", OptimizerSpec(
     torch.optim.SGD,
-    {"lr": lr(1e-3), "momentum": fraction(0.9, low_open=True), "dampening": _float(0.0, 0.0, 1.0),
-     "nesterov": flag(False), "weight_decay": _WD},
+    {"lr": Default(_LR, 1e-3), "momentum": Default(Float(gt=0, lt=1), 0.9),
+     "dampening": Default(Float(ge=0, le=1), 0.0), "nesterov": _OFF, "weight_decay": _WD},
     "rule", "SGDM", "torch.optim.SGD; momentum 0.9 as in the CIFAR protocols",
 ))  # fmt: skip
 register_optimizer("adam", OptimizerSpec(
-    torch.optim.Adam, {**_ADAM, "amsgrad": flag(False), "decoupled_weight_decay": flag(False)},
+    torch.optim.Adam, {**_ADAM, "amsgrad": _OFF, "decoupled_weight_decay": _OFF},
     "rule", "Adam", "Kingma & Ba 2015 (torch.optim.Adam's defaults)",
 ))  # fmt: skip
 register_optimizer("adamw", OptimizerSpec(
-    torch.optim.AdamW, {**_ADAM, "weight_decay": nonnegative(1e-2), "amsgrad": flag(False)},
+    torch.optim.AdamW, {**_ADAM, "weight_decay": Default(_NONNEGATIVE, 1e-2), "amsgrad": _OFF},
     "rule", "AdamW", "Loshchilov & Hutter 2019 (torch.optim.AdamW's defaults)",
 ))  # fmt: skip
 for _name, _cls, _label, _source in (
@@ -261,7 +162,7 @@ for _name, _cls, _label, _source in (
     ("adam3", AdaM3, "AdaM3", "Wang et al. 2021 (eps 1e-16 as AdaBelief's)"),
 ):
     register_optimizer(_name, OptimizerSpec(
-        _cls, {**_ADAM, "eps": positive(1e-16), "amsgrad": flag(False), "decoupled_weight_decay": flag(False)},
+        _cls, {**_ADAM, "eps": Default(_POSITIVE, 1e-16), "amsgrad": _OFF, "decoupled_weight_decay": _OFF},
         "rule", _label, _source,
     ))  # fmt: skip
 
@@ -271,8 +172,8 @@ register_optimizer("nadam", OptimizerSpec(
     # Dozat 2016 ("Incorporating Nesterov Momentum into Adam"): lr 0.002, beta2 0.999, eps 1e-8; the momentum
     # schedule mu_t = beta1 * (1 - 0.5 * 0.96 ** (t * 0.004)) with beta1 0.9 and momentum_decay 0.004 (Keras
     # Nadam's schedule_decay, which torch.optim.NAdam reproduces).
-    {"lr": lr(2e-3), "betas": betas(0.9, 0.999), "eps": positive(1e-8), "weight_decay": _WD,
-     "momentum_decay": nonnegative(4e-3), "decoupled_weight_decay": flag(False)},
+    {"lr": Default(_LR, 2e-3), "betas": Default(_BETAS, (0.9, 0.999)), "eps": Default(_POSITIVE, 1e-8),
+     "weight_decay": _WD, "momentum_decay": Default(_NONNEGATIVE, 4e-3), "decoupled_weight_decay": _OFF},
     "extrapolate", "NAdam", "Dozat 2016; Keras Nadam (torch.optim.NAdam's defaults)",
 ))  # fmt: skip
 register_optimizer("radam", OptimizerSpec(
@@ -280,28 +181,29 @@ register_optimizer("radam", OptimizerSpec(
     # Liu et al. 2020 (ICLR), official code LiyuanLucasLiu/RAdam: RAdam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
     # weight_decay=0); torch's RAdam takes the un-adapted (SGD-with-momentum) step while the variance is
     # intractable, as the official degenerated_to_sgd=True.
-    {**_ADAM, "decoupled_weight_decay": flag(False)},
+    {**_ADAM, "decoupled_weight_decay": _OFF},
     "extrapolate", "RAdam", "Liu et al. 2020, official RAdam code",
 ))  # fmt: skip
 register_optimizer("adamax", OptimizerSpec(
     torch.optim.Adamax,
     # Kingma & Ba 2015, Algorithm 2 (AdaMax): alpha = 0.002, beta1 = 0.9, beta2 = 0.999 (eps: torch's 1e-8).
-    {"lr": lr(2e-3), "betas": betas(0.9, 0.999), "eps": positive(1e-8), "weight_decay": _WD},
+    {"lr": Default(_LR, 2e-3), "betas": Default(_BETAS, (0.9, 0.999)), "eps": Default(_POSITIVE, 1e-8),
+     "weight_decay": _WD},
     "extrapolate", "Adamax", "Kingma & Ba 2015, Algorithm 2",
 ))  # fmt: skip
 register_optimizer("rmsprop", OptimizerSpec(
     torch.optim.RMSprop,
     # Tieleman & Hinton 2012 (Coursera lecture 6.5): MeanSquare = 0.9 * MeanSquare + 0.1 * g**2, i.e. alpha 0.9;
     # lr 0.001 as in the lecture's suggestion and Keras/TensorFlow (torch's defaults are alpha 0.99, lr 0.01).
-    {"lr": lr(1e-3), "alpha": fraction(0.9), "eps": positive(1e-8), "weight_decay": _WD,
-     "momentum": fraction(0.0), "centered": flag(False)},
+    {"lr": Default(_LR, 1e-3), "alpha": Default(_RATE, 0.9), "eps": Default(_POSITIVE, 1e-8), "weight_decay": _WD,
+     "momentum": Default(_RATE, 0.0), "centered": _OFF},
     "extrapolate", "RMSprop", "Tieleman & Hinton 2012, lecture 6.5",
 ))  # fmt: skip
 register_optimizer("adagrad", OptimizerSpec(
     torch.optim.Adagrad,
     # Duchi et al. 2011 give no numeric defaults; these are torch.optim.Adagrad's (lr 0.01, eps 1e-10, G_0 = 0).
-    {"lr": lr(1e-2), "lr_decay": nonnegative(0.0), "weight_decay": _WD,
-     "initial_accumulator_value": nonnegative(0.0), "eps": positive(1e-10)},
+    {"lr": Default(_LR, 1e-2), "lr_decay": Default(_NONNEGATIVE, 0.0), "weight_decay": _WD,
+     "initial_accumulator_value": Default(_NONNEGATIVE, 0.0), "eps": Default(_POSITIVE, 1e-10)},
     "extrapolate", "Adagrad", "Duchi et al. 2011 (torch.optim.Adagrad's defaults)",
 ))  # fmt: skip
 register_optimizer("adafactor", OptimizerSpec(
@@ -309,8 +211,8 @@ register_optimizer("adafactor", OptimizerSpec(
     # Shazeer & Stern 2018, Section 9/Algorithm 4: relative step rho_t = min(1e-2, 1/sqrt(t)) (lr caps it),
     # beta2_t = 1 - t**-0.8, clipping d = 1, eps2 = 1e-3; eps1 null = torch's dtype epsilon (torch applies eps1
     # differently from the paper's 1e-30, see torch.optim.Adafactor's note). Decay is decoupled (theta * lr * wd).
-    {"lr": lr(1e-2), "beta2_decay": _float(-0.8, None, 0.0), "d": positive(1.0), "weight_decay": _WD,
-     "eps": Hyperparameter((None, 1e-3), tuple, 0.0, length=2, nullable=True)},
+    {"lr": Default(_LR, 1e-2), "beta2_decay": Default(Float(le=0), -0.8), "d": Default(_POSITIVE, 1.0),
+     "weight_decay": _WD, "eps": Default(ListOf(Nullable(Float(ge=0)), 2), (None, 1e-3))},
     "extrapolate", "Adafactor", "Shazeer & Stern 2018 (torch.optim.Adafactor)", decoupled_decay=True,
 ))  # fmt: skip
 register_optimizer("muon", OptimizerSpec(
@@ -318,11 +220,11 @@ register_optimizer("muon", OptimizerSpec(
     # Keller Jordan's Muon (github.com/KellerJordan/Muon, README usage): Muon lr 0.02, momentum 0.95, nesterov,
     # 5 Newton-Schulz steps, weight decay 0.01 on the hidden matrices; the rest with AdamW lr 3e-4,
     # betas (0.9, 0.95), eps 1e-10 (muon.py's MuonWithAuxAdam defaults), weight decay 0.01.
-    {"lr": lr(0.02), "momentum": fraction(0.95), "nesterov": flag(True), "ns_steps": count(5),
-     "weight_decay": nonnegative(0.01),
-     "adjust_lr_fn": Hyperparameter(None, str, choices=(None, "original", "match_rms_adamw", "spectral_unclamped")),
-     "adamw_lr": lr(3e-4), "adamw_betas": betas(0.9, 0.95), "adamw_eps": positive(1e-10),
-     "adamw_weight_decay": nonnegative(0.01)},
+    {"lr": Default(_LR, 0.02), "momentum": Default(_RATE, 0.95), "nesterov": Default(_FLAG, True),
+     "ns_steps": Default(_COUNT, 5), "weight_decay": Default(_NONNEGATIVE, 0.01),
+     "adjust_lr_fn": Default(Nullable(Choice("original", "match_rms_adamw", "spectral_unclamped")), None),
+     "adamw_lr": Default(_LR, 3e-4), "adamw_betas": Default(_BETAS, (0.9, 0.95)),
+     "adamw_eps": Default(_POSITIVE, 1e-10), "adamw_weight_decay": Default(_NONNEGATIVE, 0.01)},
     "extrapolate", "Muon", "Jordan et al. 2024, github.com/KellerJordan/Muon", param_groups=muon_param_groups,
 ))  # fmt: skip
 
@@ -332,7 +234,7 @@ register_optimizer("lion", OptimizerSpec(
     optional("pytorch_optimizer", "Lion", _EXTRA),
     # Chen et al. 2023 ("Symbolic Discovery of Optimization Algorithms"), official google/automl lion_pytorch.py:
     # Lion(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0); decoupled decay.
-    {"lr": lr(1e-4), "betas": betas(0.9, 0.99), "weight_decay": _WD},
+    {"lr": Default(_LR, 1e-4), "betas": Default(_BETAS, (0.9, 0.99)), "weight_decay": _WD},
     "extrapolate", "Lion", "Chen et al. 2023, official lion_pytorch.py", _EXTRA, decoupled_decay=True,
 ))  # fmt: skip
 register_optimizer("soap", OptimizerSpec(
@@ -340,16 +242,17 @@ register_optimizer("soap", OptimizerSpec(
     # Vyas et al. 2024 ("SOAP: Improving and Stabilizing Shampoo using Adam"), official nikhilvyas/SOAP soap.py:
     # lr 3e-3, betas (0.95, 0.95), eps 1e-8, weight_decay 0.01, precondition_frequency 10,
     # max_precond_dim 10000, correct_bias true.
-    {"lr": lr(3e-3), "betas": betas(0.95, 0.95), "eps": positive(1e-8), "weight_decay": nonnegative(0.01),
-     "precondition_frequency": count(10), "max_precondition_dim": count(10000), "correct_bias": flag(True)},
+    {"lr": Default(_LR, 3e-3), "betas": Default(_BETAS, (0.95, 0.95)), "eps": Default(_POSITIVE, 1e-8),
+     "weight_decay": Default(_NONNEGATIVE, 0.01), "precondition_frequency": Default(_COUNT, 10),
+     "max_precondition_dim": Default(_COUNT, 10000), "correct_bias": Default(_FLAG, True)},
     "extrapolate", "SOAP", "Vyas et al. 2024, official SOAP code", _EXTRA,
 ))  # fmt: skip
 register_optimizer("adan", OptimizerSpec(
     optional("pytorch_optimizer", "Adan", _EXTRA),
     # Xie et al. 2022 ("Adan: Adaptive Nesterov Momentum Algorithm"), official sail-sg/Adan adan.py:
     # lr 1e-3, betas (0.98, 0.92, 0.99), eps 1e-8, weight_decay 0.0, max_grad_norm 0.0 (no clipping).
-    {"lr": lr(1e-3), "betas": betas(0.98, 0.92, 0.99), "eps": positive(1e-8), "weight_decay": _WD,
-     "max_grad_norm": nonnegative(0.0)},
+    {"lr": Default(_LR, 1e-3), "betas": Default(ListOf(_RATE, 3), (0.98, 0.92, 0.99)),
+     "eps": Default(_POSITIVE, 1e-8), "weight_decay": _WD, "max_grad_norm": Default(_NONNEGATIVE, 0.0)},
     "extrapolate", "Adan", "Xie et al. 2022, official Adan code", _EXTRA,
 ))  # fmt: skip
 
@@ -358,14 +261,7 @@ register_optimizer("adan", OptimizerSpec(
 
 
 def _validate(name: str, spec: OptimizerSpec, hp: dict[str, Any]) -> None:
-    for key, value in hp.items():
-        if key not in spec.hyperparameters:
-            raise ValueError(
-                f"unknown hyperparameter {key!r} for optimizer {name!r}: accepted {sorted(spec.hyperparameters)}"
-            )
-        problem = spec.hyperparameters[key].error(key, value)
-        if problem:
-            raise ValueError(problem)
+    check_values("", hp, spec.params, f"optimizer {name!r}")
     for key, check, text in spec.checks:
         if key in hp and not check(hp[key]):
             raise ValueError(f"invalid {key}={hp[key]!r} for {name!r}: accepted {text}")
