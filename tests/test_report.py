@@ -301,6 +301,14 @@ def test_perplexity_figure_is_log_scale_with_a_style_per_horizon(results: Path) 
     assert styles["Adam, with weight prediction, s=2 (1 seed)"] == "-."
 
 
+def test_every_registered_optimizer_has_its_own_colour() -> None:
+    from xgrad.optim import OPTIMIZERS
+    from xgrad.report.figures import COLOURS, SPARE
+
+    colours = [COLOURS[name] for name in OPTIMIZERS]
+    assert len(set(colours)) == len(colours) and not set(colours) & set(SPARE)
+
+
 def test_prediction_error_figure_draws_the_seed_means(tmp_path: Path) -> None:
     errors = {0: [0.5, 0.3, 0.2], 1: [0.7, 0.5, 0.4]}
     cosines = {0: [0.8, 0.9, 0.95], 1: [0.6, 0.7, 0.75]}
@@ -592,3 +600,8 @@ def test_seeds_group_and_runs_pair_by_identity(tmp_path: Path) -> None:
     edited = write_run(tmp_path / "c", seed=1, curve=[0.7], config_id="c2", pair_id="p2")  # same overrides
     frame = runs_frame(drop_duplicate_seeds(collect([a, edited])).runs)
     assert len(frame) == 2 and frame["group"].nunique() == 2
+    assert [e for e in frame["extra"] if any(x.startswith("config ") for x in e)]  # told apart by their hashes
+    # other optimizers (or settings) are other identities with the same overrides: no hash is needed there
+    other = write_run(tmp_path / "d", optimizer="nadam", curve=[0.7], config_id="c3", pair_id="p3")
+    frame = runs_frame(collect([a, other]).runs)
+    assert frame["extra"].tolist() == [(), ()]

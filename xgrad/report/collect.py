@@ -334,29 +334,34 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
         )
     frame = pd.DataFrame(rows)
     if not frame.empty:
-        frame["extra"] = _extra_by_identity(frame["extra"].tolist(), [r.summary.get("pair_id") for r in runs])
+        kinds = list(zip(frame["dataset"], frame["model"], frame["reduced_scale"], frame["optimizer"]))
+        frame["extra"] = _extra_by_identity(frame["extra"].tolist(), [r.summary.get("pair_id") for r in runs], kinds)
         frame["group"] = [group_label(row) for row in frame.itertuples()]
     return frame
 
 
-def _extra_by_identity(extras: list[tuple[str, ...]], pair_ids: list[str | None]) -> list[tuple[str, ...]]:
+def _extra_by_identity(
+    extras: list[tuple[str, ...]], pair_ids: list[str | None], kinds: list[tuple]
+) -> list[tuple[str, ...]]:
     """The overrides that name each run's variant, made to follow identity (``pair_id``, when recorded).
 
     Runs of one identity (a run and its baseline, all seeds) get one name even when their overrides were spelled
-    differently; runs of different identities that the same overrides name (a preset edited between them) get
-    the identity's short hash added, so they are never averaged or paired together.
+    differently; runs of different identities that the same overrides name within one ``kind`` (setting and
+    optimizer: a preset edited between them) get the identity's short hash added, so they are never averaged or
+    paired together. Different optimizers or settings have different identities anyway and are told apart by
+    their own columns.
     """
     first: dict[str, tuple[str, ...]] = {}
     for extra, pid in zip(extras, pair_ids):
         if pid:
             first.setdefault(pid, extra)
     named = [first[pid] if pid else extra for extra, pid in zip(extras, pair_ids)]
-    owners: dict[tuple[str, ...], set[str | None]] = {}
-    for extra, pid in zip(named, pair_ids):
-        owners.setdefault(extra, set()).add(pid)
+    owners: dict[tuple, set[str | None]] = {}
+    for extra, pid, kind in zip(named, pair_ids, kinds):
+        owners.setdefault((kind, extra), set()).add(pid)
     return [
-        (*extra, f"config {pid[:6]}") if pid and len(owners[extra]) > 1 else extra
-        for extra, pid in zip(named, pair_ids)
+        (*extra, f"config {pid[:6]}") if pid and len(owners[(kind, extra)]) > 1 else extra
+        for extra, pid, kind in zip(named, pair_ids, kinds)
     ]
 
 

@@ -48,8 +48,18 @@ COLOURS = {
     "adamw": "#d62728",
     "adabelief": "#9467bd",
     "adam3": "#ff7f0e",
+    "nadam": "#8c564b",
+    "radam": "#e377c2",
+    "adamax": "#bcbd22",
+    "rmsprop": "#17becf",
+    "adagrad": "#393b79",
+    "adafactor": "#8c6d31",
+    "muon": "#000000",
+    "lion": "#637939",
+    "soap": "#843c39",
+    "adan": "#7b4173",
 }
-SPARE = ["#8c564b", "#e377c2", "#bcbd22", "#17becf", "#000000"]  # for optimizers without a fixed colour
+SPARE = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5"]  # for optimizers without a fixed colour
 PALETTE = list(COLOURS.values()) + SPARE
 WITHOUT = "--"  # dashed: without prediction
 WITH_STYLES = ["-", "-.", ":"]  # solid for the (first) prediction horizon; others if several were run
