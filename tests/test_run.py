@@ -303,6 +303,18 @@ def test_identity_leaves_out_what_does_not_change_results():
     assert a != identity(make_cfg(["optimizer.lr=1", "epochs=3"]))
 
 
+def test_a_prediction_run_pairs_with_its_baseline_whatever_its_prediction_keys():
+    """Keys only the prediction arm reads (method, decay, error sampling, horizon) must not split a run from its
+    baseline: the report pairs by pair_id."""
+    from xgrad.identity import config_id, identity, pair_id
+
+    baseline = identity(make_cfg(["optimizer=adamw"]))
+    predicted = identity(make_cfg(["optimizer=adamw", "predict=true", "predict_steps=2", "predict_method=extrapolate",
+                                   "predict_weight_decay=true", "prediction_error_every=0"]))  # fmt: skip
+    assert pair_id(predicted) == pair_id(baseline) and config_id(predicted) != config_id(baseline)
+    assert pair_id(identity(make_cfg(["optimizer=adamw", "optimizer.lr=0.01"]))) != pair_id(baseline)
+
+
 def test_a_folder_of_another_configuration_is_refused(tmp_path):
     """Finding 1: an edited preset (adamw lr 0.001 -> 0.05) re-run into the folder said "already completed"."""
     from xgrad.errors import ConfigMismatch

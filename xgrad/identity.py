@@ -30,7 +30,8 @@ NON_IDENTITY_KEYS = frozenset(
     {"seed", "sweep", "data_root", "device", "threads", "logger", "progress", "resume", "hydra"}
 )
 # Keys that tell a run with weight prediction from its baseline: the report pairs runs equal in all others.
-PREDICTION_KEYS = ("predict", "predict_steps")
+# Every key that only the prediction arm reads belongs here, or such a run would have no baseline to pair with.
+PREDICTION_KEYS = ("predict", "predict_steps", "predict_method", "predict_weight_decay", "prediction_error_every")
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes per folder name
 
 
