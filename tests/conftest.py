@@ -104,6 +104,21 @@ class JobClock(Callback):
 
 
 @pytest.fixture
+def without_extra_optim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if pytorch-optimizer (the ``extra-optim`` extra) were not installed; everything else imports as usual."""
+    import xgrad.optim.factory as factory
+
+    real = factory.importlib.import_module
+
+    def missing(module, package=None):  # only the optional package is absent (importlib is shared: torch too)
+        if module.startswith("pytorch_optimizer"):
+            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+        return real(module, package)
+
+    monkeypatch.setattr(factory.importlib, "import_module", missing)
+
+
+@pytest.fixture
 def cifar_root(tmp_path: Path) -> Path:
     """A data_root holding tiny CIFAR-10 and CIFAR-100 pickles."""
     root = tmp_path / "data"

@@ -297,17 +297,9 @@ def test_prediction_entry_agrees_with_the_registered_rules():
         assert (spec.prediction == "none") == (name == "sgd"), name
 
 
-def test_missing_optional_package_names_the_extra(monkeypatch):
+def test_missing_optional_package_names_the_extra(without_extra_optim):
     import xgrad.optim.factory as factory
 
-    real = factory.importlib.import_module
-
-    def missing(module):  # only the optional package is absent (importlib is shared with everything else)
-        if module.startswith("pytorch_optimizer"):
-            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
-        return real(module)
-
-    monkeypatch.setattr(factory.importlib, "import_module", missing)
     for name in ("lion", "soap", "adan"):
         with pytest.raises(factory.MissingExtraError, match=r"pip install 'xgrad\[extra-optim\]'"):
             create_optimizer(name, _params())

@@ -80,16 +80,6 @@ def test_presets_with_lr_tables_take_every_optimizer(preset):
             assert optimizer.param_groups[0]["lr"] == spec.defaults["lr"]
 
 
-def test_missing_optional_package_is_a_config_error_naming_the_extra(tmp_path, monkeypatch):
-    import xgrad.optim.factory as factory
-
-    real = factory.importlib.import_module
-
-    def missing(module):  # only the optional package is absent (importlib is shared with everything else)
-        if module.startswith("pytorch_optimizer"):
-            raise ModuleNotFoundError(f"No module named {module!r}", name=module)
-        return real(module)
-
-    monkeypatch.setattr(factory.importlib, "import_module", missing)
+def test_missing_optional_package_is_a_config_error_naming_the_extra(tmp_path, without_extra_optim):
     with pytest.raises(ConfigError, match=r"optimizer=soap: .*pip install 'xgrad\[extra-optim\]'"):
         train(make_cfg([*TINY, "optimizer=soap"]), tmp_path)
