@@ -21,6 +21,7 @@ from xgrad.rundir import atomic_write
 from .collect import Collection, ReportError, runs_frame
 from .figures import convergence_figure, prediction_error_figure, save_figure
 from .labels import setting_title, slug
+from .ranking import ranking_stability, ranking_table
 from .repro import CONFIGS, EPOCHS, epochs_frame, run_configs
 from .tables import comparison, comparison_table, cost, cost_table, render
 from .tuning import TunedStudy, split_tuned, tuning_figure, tuning_frame, tuning_table
@@ -95,6 +96,17 @@ def _section(
         ]
         label = "with prediction " + (f"(s={steps:g})" if steps is not None else "(none run)")
         section.tables.append((label, files, markdown))
+    ranking = ranking_stability(collection.runs, sub)
+    if not ranking.empty:
+        table = ranking_table(ranking, metric, title)
+        markdown = render(table, "markdown")
+        stem = f"ranking_{name}"
+        files = [
+            write_text(out / f"{stem}.md", f"# {title}\n\n{markdown}"),
+            write_text(out / f"{stem}.tex", render(table, "latex")),
+            write_text(out / f"{stem}.csv", ranking.to_csv(index=False)),
+        ]
+        section.tables.append(("ranking stability of the optimizers", files, markdown))
     return section
 
 
