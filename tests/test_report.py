@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -24,7 +25,7 @@ from xgrad.report.build import with_variants
 from xgrad.report.collect import collect, drop_duplicate_seeds, runs_frame, split_overrides
 from xgrad.report.figures import convergence_figure, prediction_error_figure
 from xgrad.report.reference import load_reference, match_reference
-from xgrad.report.tables import _diff_cell, cost, cost_table, holm, paired_test
+from xgrad.report.tables import _diff_cell, cost, cost_table, holm, paired_test, verdict
 from xgrad.report.wandb_source import load_wandb
 
 # ----------------------------------------------------------------------------------- synthetic run folders
@@ -156,6 +157,20 @@ def test_table_numbers_match_a_direct_computation(report: Path) -> None:
         assert row[f"{what}_n_paired"] == 3
         assert re.fullmatch(r"(yes|no) \((p=\d\.\d{3}|p<0\.001), n=3\)", row[f"{what}_holds_up"])
     assert (row["n_without"], row["n_with"]) == (3, 3)
+    # final: differences 1.5, 0.7, 1.5 points, t = 4.62 on 2 df, p = 0.044, the table's only test: helped
+    assert row["final_p_value"] == pytest.approx(0.0438, abs=5e-4)
+    assert row["final_verdict"] == "helped"
+    assert _row(table, "adamw")["final_verdict"] == "too few seeds"
+
+
+def test_verdict_words_follow_the_metric_direction_and_holm() -> None:
+    assert verdict(+1.0, 0.01, 3, higher=True) == "helped"
+    assert verdict(-1.0, 0.01, 3, higher=True) == "hurt"
+    assert verdict(-3.0, 0.01, 3, higher=False) == "helped"  # lower perplexity
+    assert verdict(+3.0, 0.01, 3, higher=False) == "hurt"
+    assert verdict(+1.0, 0.06, 3, higher=True) == "could not be told apart"  # Holm-adjusted p above 0.05
+    assert verdict(0.0, math.nan, 3, higher=True) == "could not be told apart"  # equal on every seed
+    assert verdict(+5.0, math.nan, 2, higher=True) == "too few seeds"
 
 
 def test_diverged_seeds_are_counted_not_averaged(report: Path) -> None:
@@ -605,3 +620,23 @@ def test_seeds_group_and_runs_pair_by_identity(tmp_path: Path) -> None:
     other = write_run(tmp_path / "d", optimizer="nadam", curve=[0.7], config_id="c3", pair_id="p3")
     frame = runs_frame(collect([a, other]).runs)
     assert frame["extra"].tolist() == [(), ()]
+
+
+def test_results_table_gives_each_optimizer_its_verdict(report: Path) -> None:
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = script.results_table([report], base=report.parent)
+    lines = text.splitlines()
+    link = f"({report.name}/README.md)"
+    columns = [
+        f"[CIFAR-10 ResNet-34, s=1]{link}",
+        f"[Penn Treebank LSTM, s=1]{link}",
+        f"[Penn Treebank LSTM, s=2]{link}",
+    ]
+    assert lines[0] == "| optimizer | " + " | ".join(columns) + " |"
+    sgdm = next(line for line in lines if line.startswith("| SGDM |"))
+    assert sgdm.startswith("| SGDM | helped: +1.23 pp [")  # differences 1.5, 0.7, 1.5 points (see above)
+    assert sgdm.endswith("| not run | not run |")
+    adamw = next(line for line in lines if line.startswith("| AdamW |"))
+    assert "too few seeds: +2.00 pp" in adamw  # 87.5 (2 seeds; one diverged) - 85.5

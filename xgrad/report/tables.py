@@ -143,9 +143,27 @@ def comparison(sub: pd.DataFrame, steps: float | None, reference: pd.DataFrame |
             row[f"{what}_ci_low"], row[f"{what}_ci_high"] = test.low, test.high
         row.update(_reference_columns(reference, runs, optimizer))
         rows.append(row)
+    higher = higher_is_better(sub["metric"].iloc[0]) if len(sub) else True
     for what in ("final", "best"):
         _adjust(rows, what)
+        for row in rows:
+            row[f"{what}_verdict"] = verdict(
+                row[f"{what}_diff"], row[f"{what}_p_holm"], row[f"{what}_n_paired"], higher
+            )
     return pd.DataFrame(rows)
+
+
+def verdict(diff: float, p_holm: float, n_paired: int, higher: bool) -> str:
+    """Prediction ``helped``, ``hurt``, or ``could not be told apart``; ``too few seeds`` below 3 pairs.
+
+    Helped or hurt only when the paired test holds up after Holm's adjustment over the table's column (with one
+    test, Holm's p is the test's own), i.e. the 95% interval excludes 0 and survives the multiple comparison.
+    """
+    if n_paired < MIN_PAIRED:
+        return "too few seeds"
+    if not math.isfinite(p_holm) or p_holm >= ALPHA:  # NaN: the same value with and without on every seed
+        return "could not be told apart"
+    return "helped" if (diff > 0) == higher else "hurt"
 
 
 def _adjust(rows: list[dict], what: str) -> None:

@@ -1,0 +1,71 @@
+"""README's results table from committed reports: per optimizer and setting, did prediction help, hurt, or neither?
+
+    python scripts/results_table.py results/cpu_evidence_cifar10 results/cpu_evidence_ptb
+
+Reads each report's comparison tables (``table_*.csv``, written by ``python -m xgrad.report``) and prints one
+Markdown table: a row per optimizer, a column per (setting, horizon s), each cell the verdict on the final test
+metric (``helped``/``hurt`` only when the paired test holds up after Holm's adjustment, see
+``xgrad.report.tables.verdict``), the difference with its 95% interval, and a link to the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from xgrad.report.labels import fmt_diff, optimizer_rank, pretty_dataset, pretty_model  # noqa: E402
+from xgrad.report.tables import row_label  # noqa: E402
+
+
+def _cell(row: pd.Series) -> str:
+    unit = " pp" if row["unit"] == "%" else " ppl"
+    text = f"{row['final_verdict']}: {fmt_diff(row['final_diff'])}{unit}"
+    if math.isfinite(row["final_ci_low"]) and math.isfinite(row["final_ci_high"]):
+        text += f" [{fmt_diff(row['final_ci_low'])}, {fmt_diff(row['final_ci_high'])}]"
+    return text
+
+
+def results_table(reports: list[Path], base: Path) -> str:
+    """The Markdown table; links are relative to ``base`` (the folder of the file it goes into)."""
+    columns: dict[str, dict[str, str]] = {}
+    order: dict[str, tuple] = {}
+    for report in reports:
+        tables = sorted(report.glob("table_*.csv"))
+        if not tables:
+            raise SystemExit(f"error: {report} has no table_*.csv (not a report folder written by xgrad.report)")
+        link = Path(os.path.relpath(Path(report, "README.md").resolve(), base.resolve()))
+        for path in tables:
+            for _, row in pd.read_csv(path).iterrows():
+                if pd.isna(row["predict_steps"]):
+                    continue
+                title = f"{pretty_dataset(row['dataset'])} {pretty_model(row['model'])}, s={row['predict_steps']:g}"
+                column = f"[{title}]({link.as_posix()})"
+                label = row_label(row["optimizer"], row["variant"] if isinstance(row["variant"], str) else "")
+                order[label] = optimizer_rank(row["optimizer"])
+                columns.setdefault(column, {})[label] = _cell(row)
+    labels = sorted(order, key=lambda label: (order[label], label))
+    lines = ["| optimizer | " + " | ".join(columns) + " |", "|:--|" + ":--|" * len(columns)]
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(cells.get(label, "not run") for cells in columns.values()) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path, help="report folders (python -m xgrad.report --out)")
+    parser.add_argument("--base", type=Path, default=ROOT, help="links are relative to this folder (default: repo)")
+    args = parser.parse_args(argv)
+    sys.stdout.write(results_table(args.reports, args.base))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
