@@ -271,6 +271,9 @@ def test_index_links_every_file_and_lists_skipped(report: Path) -> None:
         line = next(line for line in index.splitlines() if f"/bad/{folder}/" in line)
         assert reason in line
     assert "Runs used: 17 (16 completed, 1 diverged); skipped: 5" in index
+    # provenance of the 17 runs read (write_run: wall_seconds 10 each, no torch_version or git_commit recorded)
+    assert "Made by: torch unknown on cuda (test); code at commit unknown; seeds 0, 1, 2." in index
+    assert "Time: 0.05 h of run wall time summed over the 17 runs read" in index
 
 
 # ----------------------------------------------------------------------------------- figures

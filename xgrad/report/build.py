@@ -275,6 +275,7 @@ def _index(
         "Accuracies are in percent. Statistics use completed seeds; diverged seeds are counted, not averaged.",
         "",
     ]
+    lines += _provenance(collection)
     if tuning_only:
         lines += [
             f"{tuning_only} tuning runs at lrs not chosen are left out of the comparison (see the tuning sections).",
@@ -310,6 +311,27 @@ def _index(
         lines += ["## Cost of weight prediction", "", f"Files: {_links(cost_files)}", "", cost_markdown]
     lines += _runs_used(frame) + _skipped(collection)
     return "\n".join(lines) + "\n"
+
+
+def _provenance(collection: Collection) -> list[str]:
+    """What made the runs read (tuning runs included): torch, device, code commit, seeds, summed wall time."""
+    summaries = [run.summary for run in collection.runs]
+    if not summaries:
+        return []
+
+    def counted(key: str, short: int = 0) -> str:
+        values = pd.Series([str(s.get(key) or "unknown")[: short or None] for s in summaries]).value_counts()
+        return ", ".join(f"{value} ({n} runs)" if len(values) > 1 else value for value, n in values.items())
+
+    wall = sum(float(s.get("wall_seconds") or 0.0) for s in summaries) / 3600
+    train = sum(float(s.get("train_seconds") or 0.0) for s in summaries) / 3600
+    seeds = ", ".join(str(seed) for seed in sorted({s.get("seed") for s in summaries if s.get("seed") is not None}))
+    return [
+        f"Made by: torch {counted('torch_version')} on {counted('device')}; code at commit {counted('git_commit', 7)}; "
+        f"seeds {seeds}. Time: {wall:.2f} h of run wall time summed over the {len(summaries)} runs read (runs "
+        f"launched side by side overlap in it), {train:.2f} h of it training.",
+        "",
+    ]
 
 
 def _runs_used(frame: pd.DataFrame) -> list[str]:
