@@ -16,7 +16,21 @@ import yaml
 from tests.conftest import ROOT
 from xgrad.errors import ConfigError
 from xgrad.report import cli
-from xgrad.tune import Arm, GridPoint, Study, fill_grid, grid_lrs, parse_args, plan_study, select_lr, write_study
+from xgrad.tune import (
+    Arm,
+    GridPoint,
+    Study,
+    _grouped,
+    fill_grid,
+    grid_lrs,
+    merge,
+    next_lr,
+    parse_args,
+    plan_study,
+    select_lr,
+    widen,
+    write_study,
+)
 
 # ----------------------------------------------------------------------------------- selection rules
 
@@ -80,6 +94,48 @@ def test_an_unfinished_grid_decides_nothing_and_edges_are_flagged() -> None:
 def test_grid_is_the_preset_times_the_factors() -> None:
     assert grid_lrs(0.1, [1 / 3, 1, 3]) == [0.0333, 0.1, 0.3]
     assert grid_lrs(1e-3, [3, 1, 1 / 3, 1.0]) == [0.000333, 0.001, 0.003]
+
+
+def _chosen(optimizer: str, steps: float, preset: float, lrs: list[float], lr: float, at_edge: bool) -> Arm:
+    from xgrad.tune import Selection
+
+    return Arm(optimizer, steps, preset, lrs, selection=Selection(lr, "test", at_edge))
+
+
+def test_the_grid_widens_past_an_edge_choice_within_extend() -> None:
+    assert next_lr([0.0333, 0.1, 0.3], upwards=True) == 0.9  # the edge's own ratio (x3), three digits
+    assert next_lr([0.0333, 0.1, 0.3], upwards=False) == 0.0111
+    assert next_lr([0.1, 1.0], upwards=True) == 10.0
+    base = [0.000333, 0.001, 0.003]
+    arms = [
+        _chosen("adam", 0.0, 0.001, base, 0.003, True),  # top edge: widen upwards
+        _chosen("adam", 1.0, 0.001, base, 0.001, False),  # inside: nothing
+        _chosen("adamw", 0.0, 0.001, [*base, 0.009, 0.027], 0.027, True),  # two added above already: spent
+        _chosen("sgdm", 0.0, 0.1, [0.0111, 0.0333, 0.1, 0.3], 0.0111, True),  # one added below: one more
+        Arm("adamw", 1.0, 0.001, base),  # not decided yet: nothing
+    ]
+    study = Study([], [1 / 3, 1, 3], [0], [0, 1, 2], "acc", "final_val_acc", arms, extend=2)
+    points = widen(study, study.factors, study.extend)
+    assert [(a.optimizer, a.steps, lr) for a, lr in points] == [("adam", 0.0, 0.009), ("sgdm", 0.0, 0.0037)]
+    assert widen(study, study.factors, extend=0) == []
+
+
+def test_widened_points_share_multiruns_without_extra_runs() -> None:
+    arm = {(o, s): Arm(o, s, 0.001, []) for o in ("adam", "adamw", "sgdm") for s in (0.0, 1.0, 2.0)}
+    points = [(arm["adam", 0.0], 0.009), (arm["adam", 1.0], 0.009), (arm["adamw", 0.0], 0.009),
+              (arm["adamw", 1.0], 0.009), (arm["sgdm", 0.0], 0.0111), (arm["adamw", 2.0], 0.027)]  # fmt: skip
+    assert _grouped(points, [0]) == [
+        ["optimizer=adam,adamw", "optimizer.lr=0.009", "seed=0", "predict=false,true"],
+        ["optimizer=sgdm", "optimizer.lr=0.0111", "seed=0", "predict=false"],
+        ["optimizer=adamw", "optimizer.lr=0.027", "seed=0", "predict=true", "predict_steps=2"],
+    ]
+
+
+def test_a_relaunch_keeps_the_lrs_a_grid_was_widened_by() -> None:
+    base = [0.000333, 0.001, 0.003]
+    before = Study([], [1 / 3, 1, 3], [0], [0], "acc", "final_val_acc", [Arm("adam", 0.0, 0.001, [*base, 0.009])])
+    now = Study([], [1 / 3, 1, 3], [0], [0], "acc", "final_val_acc", [Arm("adam", 0.0, 0.001, list(base))])
+    assert merge(before, now).arms[0].lrs == [*base, 0.009]
 
 
 # ----------------------------------------------------------------------------------- run folders
@@ -232,24 +288,30 @@ def test_tune_end_to_end_on_demo_images(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     args = ["experiment=cpu_demo", "++dataset.n_train=60", "++dataset.n_test=20", "val_size=20", "epochs=1",
             "batch_size=20", "eval_batch_size=20", "scheduler.warmup_epochs=0", "model=lenet", "threads=1",
-            "optimizers=[sgdm]", "factors=[0.1,1]", "seeds=[0]", "study=t"]  # fmt: skip
+            "optimizers=[sgdm]", "factors=[0.1,1]", "seeds=[0]", "study=t", "extend=1"]  # fmt: skip
     proc = subprocess.run([sys.executable, "-m", "xgrad.tune", *args], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     folder = tmp_path / "outputs" / "tune" / "t"
     summaries = [json.loads(p.read_text()) for p in folder.rglob("summary.json")]
-    assert len(summaries) == 4  # 2 arms x 2 lrs x seed 0; the final seed 0 is one of them, not a fifth run
+    # 2 arms x 3 lrs x seed 0: a 2-lr grid's choice is always at an edge, so each grows by one lr (extend=1);
+    # the final seed 0 is one of them, not a seventh run
+    assert len(summaries) == 6
     study = json.loads((folder / "tuning.json").read_text())
     for arm in study["arms"]:
-        assert [p["lr"] for p in arm["grid"]] == [0.01, 0.1]
-        values = [p["values"]["0"] for p in arm["grid"]]
-        expected = max(zip(values, [0.01, 0.1]))[1] if values[0] != values[1] else 0.1  # a tie: the preset
-        assert arm["selection"]["lr"] == expected
+        lrs = [p["lr"] for p in arm["grid"]]
+        assert lrs in ([0.001, 0.01, 0.1], [0.01, 0.1, 1.0])
+        values = dict(zip(lrs, [p["values"]["0"] for p in arm["grid"]]))
+        first = max((values[0.01], 0.01), (values[0.1], 0.1))[1] if values[0.01] != values[0.1] else 0.1  # a tie
+        assert lrs == ([0.01, 0.1, 1.0] if first == 0.1 else [0.001, 0.01, 0.1])  # widened past the first choice
+        assert arm["selection"]["lr"] == select_lr(
+            [GridPoint(lr, {0: v}) for lr, v in values.items()], 0.1, higher_is_better=True).lr  # fmt: skip
+    assert study["extend"] == 1 and "choice at the grid's edge, widening: sgdm s=0" in proc.stdout
     assert "lr chosen on mean final_val_acc" in proc.stdout
     assert cli.main([str(folder), "--out", str(tmp_path / "report")]) == 0
     tuning = pd.read_csv(tmp_path / "report" / "tuning_t.csv")
-    assert len(tuning) == 4 and tuning["chosen"].sum() == 2
+    assert len(tuning) == 6 and tuning["chosen"].sum() == 2
     table = pd.read_csv(tmp_path / "report" / "table_demo_images_lenet_reduced.csv")
     assert list(table["n_without"]) == [1] and list(table["n_with"]) == [1]  # one row: the lr is no variant
-    assert "2 tuning runs at lrs not chosen" in (tmp_path / "report" / "README.md").read_text()
+    assert "4 tuning runs at lrs not chosen" in (tmp_path / "report" / "README.md").read_text()
     assert (tmp_path / "report" / "tuning_t.png").stat().st_size > 0

@@ -5,6 +5,8 @@ split, then the final seeds run at the chosen lr and are judged on test:
 
 1. *tune*: lr = preset lr x each factor (default 1/3, 1, 3), ``tune_seeds`` (default seed 0), every arm;
 2. *select*: per arm, the lr with the best mean final validation metric over the tune seeds (see :func:`select_lr`);
+   where it is the grid's smallest or largest lr, the grid grows one step (the grid's outer ratio) that way and
+   step 2 repeats, at most ``extend`` times per side (default 2), so that a choice is an optimum, not a bound;
 3. *final*: ``seeds`` (default 0, 1, 2) at the chosen lr. A tune seed at the chosen lr is the same configuration
    as that final seed, so it is the same run folder and is not run twice.
 
@@ -48,6 +50,7 @@ DRIVER_KEYS: dict[str, Any] = {
     "factors": [1 / 3, 1, 3],  # the lr grid, as multiples of the preset's lr
     "tune_seeds": [0],  # seeds of the tuning runs (the lr is chosen on their mean validation metric)
     "seeds": [0, 1, 2],  # seeds of the final runs at the chosen lr
+    "extend": 2,  # at most this many more lrs per arm and side when the choice lands on the grid's edge
     "phase": "all",  # tune (grid only), final (needs a finished grid), all, plan (print what would run)
 }
 PHASES = ("tune", "final", "all", "plan")
@@ -165,6 +168,7 @@ class Study:
     metric: str  # acc | ppl
     selection_key: str  # the summary.json key the lr is chosen on, e.g. final_val_acc
     arms: list[Arm] = field(default_factory=list)
+    extend: int = 0  # how many lrs an arm's grid may grow by per side when its choice is at an edge
 
     def arm(self, optimizer: str, steps: float) -> Arm | None:
         return next((a for a in self.arms if a.optimizer == optimizer and a.steps == steps), None)
@@ -303,6 +307,8 @@ def _check_options(o: dict[str, Any]) -> None:
     a_list("tune_seeds", lambda v: v >= 0, "seeds >= 0", int)
     a_list("seeds", lambda v: v >= 0, "seeds >= 0", int)
     a_list("optimizers", lambda v: bool(v), "optimizer names", str)
+    if not isinstance(o["extend"], int) or isinstance(o["extend"], bool) or o["extend"] < 0:
+        raise ConfigError(f"invalid extend={o['extend']!r}: accepted an integer >= 0 (0: never widen the grid)")
     if o["phase"] not in PHASES:
         raise ConfigError(f"invalid phase={o['phase']!r}: accepted {', '.join(PHASES)}")
     if not isinstance(o["study"], str) or not o["study"] or "/" in o["study"]:
@@ -351,7 +357,10 @@ def plan_study(options: dict[str, Any], passed: list[str]) -> Study:
             raise ConfigError(f"invalid optimizer.lr={preset!r} for {optimizer}: the grid needs a preset lr > 0")
         for s in options["steps"]:
             arms.append(Arm(optimizer, float(s), float(preset), grid_lrs(float(preset), options["factors"])))
-    return Study(study_overrides or [], options["factors"], options["tune_seeds"], options["seeds"], metric, key, arms)
+    return Study(
+        study_overrides or [], options["factors"], options["tune_seeds"], options["seeds"], metric, key, arms,
+        options["extend"],
+    )  # fmt: skip
 
 
 def merge(previous: Study | None, study: Study) -> Study:
@@ -369,8 +378,11 @@ def merge(previous: Study | None, study: Study) -> Study:
             "study=NAME, or the same tune_seeds"
         )
     for arm in previous.arms:  # arms of earlier launches (e.g. the horizon added to a study) stay in the record
-        if study.arm(arm.optimizer, arm.steps) is None:
+        now = study.arm(arm.optimizer, arm.steps)
+        if now is None:
             study.arms.append(arm)
+        else:  # and so do the lrs an arm's grid was widened by
+            now.lrs = sorted({*now.lrs, *arm.lrs})
     return study
 
 
@@ -401,6 +413,75 @@ def tune_phase(study: Study, folder: Path, passed: list[str], dry: bool = False)
             horizons = ",".join(f"{a.steps:g}" for a in other)
             failed |= multirun(folder, [*common, "predict=true", f"predict_steps={horizons}"], passed, dry) != 0
     return int(failed)
+
+
+def next_lr(lrs: list[float], upwards: bool) -> float:
+    """The lr one step beyond the grid's edge, the step being the ratio of the two lrs at that edge (x3 on the
+    default grid), three significant digits like the grid."""
+    if len(lrs) < 2:
+        ratio = 3.0
+    else:
+        ratio = lrs[-1] / lrs[-2] if upwards else lrs[1] / lrs[0]
+    edge = lrs[-1] if upwards else lrs[0]
+    return float(f"{(edge * ratio if upwards else edge / ratio):.3g}")
+
+
+def widen(study: Study, base: list[float], extend: int) -> list[tuple[Arm, float]]:
+    """The (arm, lr) points to add where an arm's choice lies on its grid's edge, within ``extend`` per side.
+
+    ``base`` is the planned grid's factors: the lrs beyond it on a side count against that side's ``extend``.
+    """
+    points = []
+    for arm in study.arms:
+        sel = arm.selection
+        if sel is None or sel.lr is None or not sel.at_edge:
+            continue
+        planned = grid_lrs(arm.preset_lr, base)
+        upwards = sel.lr == max(arm.lrs)
+        added = [lr for lr in arm.lrs if (lr > max(planned) if upwards else lr < min(planned))]
+        if len(added) < extend:
+            points.append((arm, next_lr(sorted(arm.lrs), upwards)))
+    return points
+
+
+def widen_phase(study: Study, folder: Path, passed: list[str]) -> int:
+    """Grow the grids at their edges until every choice is inside its grid or ``study.extend`` is spent."""
+    failed = 0
+    while points := widen(study, study.factors, study.extend):
+        for arm, lr in points:
+            arm.lrs = sorted({*arm.lrs, lr})
+        write_study(folder, study)
+        print("\nchoice at the grid's edge, widening: " + ", ".join(
+            f"{arm.optimizer} s={arm.steps:g} lr {lr:g}" for arm, lr in points), flush=True)  # fmt: skip
+        for overrides in _grouped(points, study.tune_seeds):
+            failed |= multirun(folder, overrides, passed) != 0
+        fill_grid(study, folder)
+        write_study(folder, study)
+        if failed:
+            break
+    return int(failed)
+
+
+def _grouped(points: list[tuple[Arm, float]], seeds: list[int]) -> list[list[str]]:
+    """Multiruns covering exactly ``points``: per lr, optimizers that need the same horizons share one (so that
+    both cores stay busy), the horizons off/s=1 and other s apart as in :func:`tune_phase`."""
+    by_lr: dict[float, dict[str, set[float]]] = {}
+    for arm, lr in points:
+        by_lr.setdefault(lr, {}).setdefault(arm.optimizer, set()).add(arm.steps)
+    runs = []
+    for lr, optimizers in by_lr.items():
+        by_steps: dict[tuple[float, ...], list[str]] = {}
+        for optimizer, steps in optimizers.items():
+            by_steps.setdefault(tuple(sorted(steps)), []).append(optimizer)
+        for steps, names in by_steps.items():
+            common = [f"optimizer={','.join(names)}", f"optimizer.lr={lr:g}", f"seed={','.join(map(str, seeds))}"]
+            plain = [s for s in steps if s in (0, 1)]
+            if plain:
+                runs.append([*common, "predict=" + ",".join(str(s > 0).lower() for s in plain)])
+            other = [s for s in steps if s not in (0, 1)]
+            if other:
+                runs.append([*common, "predict=true", "predict_steps=" + ",".join(f"{s:g}" for s in other)])
+    return runs
 
 
 def final_phase(study: Study, folder: Path, passed: list[str]) -> int:
@@ -457,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = tune_phase(study, folder, passed) if options["phase"] in ("tune", "all") else 0
     fill_grid(study, folder)
     write_study(folder, study)
+    if options["phase"] in ("tune", "all") and not failed:
+        failed |= widen_phase(study, folder, passed)
     print_choices(study)
     if options["phase"] in ("final", "all"):
         failed |= final_phase(study, folder, passed)
