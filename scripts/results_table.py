@@ -11,7 +11,6 @@ metric (``helped``/``hurt`` only when the paired test holds up after Holm's adju
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
@@ -21,16 +20,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from xgrad.report.labels import fmt_diff, optimizer_rank, pretty_dataset, pretty_model  # noqa: E402
-from xgrad.report.tables import row_label  # noqa: E402
+from xgrad.report.labels import optimizer_rank, pretty_dataset, pretty_model  # noqa: E402
+from xgrad.report.tables import _diff_cell, row_label  # noqa: E402
 
 
 def _cell(row: pd.Series) -> str:
-    unit = " pp" if row["unit"] == "%" else " ppl"
-    text = f"{row['final_verdict']}: {fmt_diff(row['final_diff'])}{unit}"
-    if math.isfinite(row["final_ci_low"]) and math.isfinite(row["final_ci_high"]):
-        text += f" [{fmt_diff(row['final_ci_low'])}, {fmt_diff(row['final_ci_high'])}]"
-    return text
+    unit = "pp" if row["unit"] == "%" else "ppl"
+    return f"{row['final_verdict']}: {_diff_cell(row['final_diff'], row['final_ci_low'], row['final_ci_high'])} {unit}"
 
 
 def results_table(reports: list[Path], base: Path) -> str:
@@ -43,10 +39,18 @@ def results_table(reports: list[Path], base: Path) -> str:
             raise SystemExit(f"error: {report} has no table_*.csv (not a report folder written by xgrad.report)")
         link = Path(os.path.relpath(Path(report, "README.md").resolve(), base.resolve()))
         for path in tables:
-            for _, row in pd.read_csv(path).iterrows():
+            table = pd.read_csv(path)
+            if "final_verdict" not in table:
+                raise SystemExit(
+                    f"error: {path} has no final_verdict column: rebuild the report with python -m xgrad.report"
+                )
+            for _, row in table.iterrows():
                 if pd.isna(row["predict_steps"]):
                     continue
-                title = f"{pretty_dataset(row['dataset'])} {pretty_model(row['model'])}, s={row['predict_steps']:g}"
+                scale = " (reduced)" if row["reduced_scale"] else ""
+                title = (
+                    f"{pretty_dataset(row['dataset'])} {pretty_model(row['model'])}{scale}, s={row['predict_steps']:g}"
+                )
                 column = f"[{title}]({link.as_posix()})"
                 label = row_label(row["optimizer"], row["variant"] if isinstance(row["variant"], str) else "")
                 order[label] = optimizer_rank(row["optimizer"])

@@ -639,7 +639,23 @@ def test_results_table_gives_each_optimizer_its_verdict(report: Path) -> None:
     ]
     assert lines[0] == "| optimizer | " + " | ".join(columns) + " |"
     sgdm = next(line for line in lines if line.startswith("| SGDM |"))
-    assert sgdm.startswith("| SGDM | helped: +1.23 pp [")  # differences 1.5, 0.7, 1.5 points (see above)
+    assert sgdm.startswith("| SGDM | helped: +1.23 [+0.09, +2.38] pp |")  # differences 1.5, 0.7, 1.5 points
     assert sgdm.endswith("| not run | not run |")
     adamw = next(line for line in lines if line.startswith("| AdamW |"))
     assert "too few seeds: +2.00 pp" in adamw  # 87.5 (2 seeds; one diverged) - 85.5
+
+
+def test_verdict_follows_the_paired_seeds_not_the_unpaired_means(tmp_path: Path) -> None:
+    """Without prediction has a 4th seed far above the rest; the 3 paired seeds all improve with prediction."""
+    from xgrad.report.tables import comparison
+
+    for seed, final in enumerate([0.50, 0.50, 0.50, 0.90]):
+        write_run(tmp_path, optimizer="sgdm", seed=seed, curve=[0.3, final])
+    for seed, final in enumerate([0.52, 0.53, 0.515]):
+        write_run(tmp_path, optimizer="sgdm", predict=True, seed=seed, curve=[0.3, final])
+    write_run(tmp_path, optimizer="sgdm", predict=True, seed=3, curve=[0.3, float("nan")], status="diverged")
+    collection = collect([tmp_path])
+    row = comparison(with_variants(runs_frame(collection.runs)), 1.0).iloc[0]
+    assert row["final_diff"] == pytest.approx(52.1667 - 60.0, abs=1e-3)  # unpaired means: lower with prediction
+    assert row["final_p_value"] == pytest.approx(stats.ttest_rel([52, 53, 51.5], [50, 50, 50]).pvalue)  # 0.039
+    assert row["final_verdict"] == "helped; 1 more seed(s) diverged with prediction"

@@ -131,11 +131,27 @@ def test_widened_points_share_multiruns_without_extra_runs() -> None:
     ]
 
 
-def test_a_relaunch_keeps_the_lrs_a_grid_was_widened_by() -> None:
+def test_a_relaunch_keeps_the_lrs_a_grid_was_widened_by(capsys: pytest.CaptureFixture) -> None:
+    from xgrad.tune import tune_phase
+
     base = [0.000333, 0.001, 0.003]
     before = Study([], [1 / 3, 1, 3], [0], [0], "acc", "final_val_acc", [Arm("adam", 0.0, 0.001, [*base, 0.009])])
-    now = Study([], [1 / 3, 1, 3], [0], [0], "acc", "final_val_acc", [Arm("adam", 0.0, 0.001, list(base))])
-    assert merge(before, now).arms[0].lrs == [*base, 0.009]
+    arms = [Arm("adam", 0.0, 0.001, list(base)), Arm("adam", 1.0, 0.001, list(base))]
+    now = merge(before, Study([], [1, 3], [0], [0], "acc", "final_val_acc", arms))
+    assert now.arms[0].lrs == [*base, 0.009] and now.arms[1].lrs == base
+    assert now.factors == [1 / 3, 1, 3]  # factors of both launches: 1/3 is planned, not a widened lr
+    tune_phase(now, Path("study"), [], dry=True)  # the widened arm relaunches its own grid, the other arm its own
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" optimizer.lr=")[1] for line in lines] == [
+        "0.000333,0.001,0.003,0.009 seed=0 predict=false hydra.sweep.dir=study",
+        "0.000333,0.001,0.003 seed=0 predict=true hydra.sweep.dir=study",
+    ]
+
+
+def test_a_grid_finer_than_three_digits_stops_widening() -> None:
+    arm = _chosen("adam", 0.0, 0.1, [0.0999, 0.1], 0.1, True)
+    assert next_lr(arm.lrs, upwards=True) == 0.1  # already in the grid: widening would repeat it forever
+    assert widen(Study([], [0.999, 1], [0], [0], "acc", "final_val_acc", [arm], extend=2), [0.999, 1], 2) == []
 
 
 # ----------------------------------------------------------------------------------- run folders

@@ -377,6 +377,7 @@ def merge(previous: Study | None, study: Study) -> Study:
             f"this study chose its lrs on tune_seeds={previous.tune_seeds}; now {study.tune_seeds}: use another "
             "study=NAME, or the same tune_seeds"
         )
+    study.factors = sorted({*previous.factors, *study.factors})  # an lr planned once is never counted as widened
     for arm in previous.arms:  # arms of earlier launches (e.g. the horizon added to a study) stay in the record
         now = study.arm(arm.optimizer, arm.steps)
         if now is None:
@@ -399,9 +400,12 @@ def multirun(folder: Path, overrides: list[str], passed: list[str], dry: bool = 
 def tune_phase(study: Study, folder: Path, passed: list[str], dry: bool = False) -> int:
     """Every arm's lr grid at the tune seeds: one multirun per (optimizer, horizon group), lrs and seeds swept."""
     failed = 0
-    for optimizer in dict.fromkeys(a.optimizer for a in study.arms):
-        arms = [a for a in study.arms if a.optimizer == optimizer]
-        lrs = ",".join(f"{lr:g}" for lr in arms[0].lrs)
+    # Arms of one optimizer share a multirun while they share a grid; a grid widened for one arm gets its own.
+    groups: dict[tuple[str, tuple[float, ...]], list[Arm]] = {}
+    for arm in study.arms:
+        groups.setdefault((arm.optimizer, tuple(arm.lrs)), []).append(arm)
+    for (optimizer, grid), arms in groups.items():
+        lrs = ",".join(f"{lr:g}" for lr in grid)
         seeds = ",".join(map(str, study.tune_seeds))
         common = [f"optimizer={optimizer}", f"optimizer.lr={lrs}", f"seed={seeds}"]
         plain = [a for a in arms if a.steps in (0, 1)]  # off and s=1 (the default horizon) share one multirun
@@ -439,8 +443,9 @@ def widen(study: Study, base: list[float], extend: int) -> list[tuple[Arm, float
         planned = grid_lrs(arm.preset_lr, base)
         upwards = sel.lr == max(arm.lrs)
         added = [lr for lr in arm.lrs if (lr > max(planned) if upwards else lr < min(planned))]
-        if len(added) < extend:
-            points.append((arm, next_lr(sorted(arm.lrs), upwards)))
+        lr = next_lr(sorted(arm.lrs), upwards)
+        if len(added) < extend and lr not in arm.lrs:  # a grid finer than its 3 digits cannot grow: stop there
+            points.append((arm, lr))
     return points
 
 

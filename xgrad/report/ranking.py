@@ -101,6 +101,7 @@ def ranking_table(numbers: pd.DataFrame, metric: str, title: str) -> Table:
         f"{metric_label(metric, 'validation')} over seeds (test where a run has no validation split). τ ep e = "
         "Kendall's tau between the ranking at epoch e and at the last epoch; τ seeds = tau between the seeds' own "
         f"last-epoch rankings, mean and min over seed pairs. Read as stable when tau of the second-last epoch and "
-        f"the seeds' mean are both at least {STABLE_TAU:g} (with 5 optimizers: at most one adjacent pair swapped)."
+        f"the seeds' mean are both at least {STABLE_TAU:g} (with 5 optimizers: at most one adjacent pair swapped). "
+        "Completed runs only: a diverged run is left out (an optimizer whose seeds all diverged is not ranked)."
     )
     return Table(headers, cells, bold, caption, align="ll" + "r" * (len(epochs) + 1))

@@ -147,14 +147,20 @@ def comparison(sub: pd.DataFrame, steps: float | None, reference: pd.DataFrame |
     for what in ("final", "best"):
         _adjust(rows, what)
         for row in rows:
-            row[f"{what}_verdict"] = verdict(
-                row[f"{what}_diff"], row[f"{what}_p_holm"], row[f"{what}_n_paired"], higher
-            )
+            low, high = row[f"{what}_ci_low"], row[f"{what}_ci_high"]
+            paired = (low + high) / 2 if math.isfinite(low) and math.isfinite(high) else row[f"{what}_diff"]
+            words = verdict(paired, row[f"{what}_p_holm"], row[f"{what}_n_paired"], higher)
+            more = row["diverged_with"] - row["diverged_without"]
+            if more and words in ("helped", "hurt"):  # the test saw only the seeds that completed on both sides
+                words += f"; {abs(more)} more seed(s) diverged {'with' if more > 0 else 'without'} prediction"
+            row[f"{what}_verdict"] = words
     return pd.DataFrame(rows)
 
 
 def verdict(diff: float, p_holm: float, n_paired: int, higher: bool) -> str:
     """Prediction ``helped``, ``hurt``, or ``could not be told apart``; ``too few seeds`` below 3 pairs.
+
+    ``diff`` is the mean paired difference (with - without over the matching seeds the test used).
 
     Helped or hurt only when the paired test holds up after Holm's adjustment over the table's column (with one
     test, Holm's p is the test's own), i.e. the 95% interval excludes 0 and survives the multiple comparison.
