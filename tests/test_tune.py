@@ -331,3 +331,10 @@ def test_tune_end_to_end_on_demo_images(tmp_path: Path) -> None:
     assert list(table["n_without"]) == [1] and list(table["n_with"]) == [1]  # one row: the lr is no variant
     assert "4 tuning runs at lrs not chosen" in (tmp_path / "report" / "README.md").read_text()
     assert (tmp_path / "report" / "tuning_t.png").stat().st_size > 0
+
+
+def test_tuning_figure_ticks_never_crowd() -> None:
+    from xgrad.report.tuning import spaced_ticks
+
+    grids = {0.000333, 0.001, 0.003, 0.009, 0.0111, 0.0333, 0.1, 0.3}  # study 1's: Adam family's x9 meets SGDM's x1/9
+    assert spaced_ticks(grids) == [0.000333, 0.001, 0.003, 0.009, 0.0333, 0.1, 0.3]

@@ -197,7 +197,7 @@ def tuning_figure(tuned: TunedStudy, title: str) -> Figure:
                 if p.diverged and math.isfinite(worst):
                     ax.plot([p.lr], [worst], marker="x", color=COLOURS.get(arm.optimizer, "#000000"), label="_x")
         ax.set_xscale("log")
-        ax.set_xticks(sorted({p.lr for a in study.arms for p in a.grid}))  # the grid's lrs, in plain numbers
+        ax.set_xticks(spaced_ticks({p.lr for a in study.arms for p in a.grid}))  # the grid's lrs, in plain numbers
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.tick_params(axis="x", labelrotation=45)
@@ -210,6 +210,16 @@ def tuning_figure(tuned: TunedStudy, title: str) -> Figure:
             fontsize=8,
         )
     return fig
+
+
+def spaced_ticks(lrs: set[float], min_ratio: float = 1.5) -> list[float]:
+    """The lrs in increasing order, less any within ``min_ratio`` of the last one kept (their labels would
+    overlap: two optimizers' grids meet at 0.009 and 0.0111, say)."""
+    kept: list[float] = []
+    for lr in sorted(lrs):
+        if not kept or lr / kept[-1] >= min_ratio:
+            kept.append(lr)
+    return kept
 
 
 def _key(arm) -> tuple[str, float]:
