@@ -355,6 +355,13 @@ def test_figure_files_open(report: Path) -> None:
         assert (report / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
 
+def test_figures_are_byte_identical_when_rebuilt(results: Path, tmp_path: Path) -> None:
+    for out in ("a", "b"):
+        assert cli.main([str(results), "--out", str(tmp_path / out)]) == 0
+    for name in ("convergence_cifar10_resnet34.pdf", "convergence_cifar10_resnet34.png", "table_ptb_lstm_s2.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
 # ----------------------------------------------------------------------------------- pieces
 
 

@@ -256,7 +256,8 @@ def _plain_log_axis(ax) -> None:
 def save_figure(fig: Figure, stem: Path) -> list[Path]:
     """Write ``stem.png`` (200 dpi) and ``stem.pdf`` atomically; return both paths."""
     paths = []
-    for fmt, extra in (("png", {"dpi": 200}), ("pdf", {})):
+    # No creation date in the PDF: a report rebuilt from the same runs is byte-identical (diffs show real changes).
+    for fmt, extra in (("png", {"dpi": 200}), ("pdf", {"metadata": {"CreationDate": None}})):
         buffer = io.BytesIO()
         fig.savefig(buffer, format=fmt, **extra)  # render first, so a failure leaves no file behind
         data = buffer.getvalue()
