@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: install test lint demo bench gpu-check report clean sweep-cifar10 sweep-cifar100 sweep-ptb sweep-horizon \
-	tune-demo tune-cifar10 tune-ptb tune-horizon reproduce
+	tune-demo tune-cifar10 tune-ptb tune-horizon reproduce evidence-reports
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ RESULTS ?= outputs/
 REPORT ?= outputs/report/
 report: $(STAMP)
 	$(PY) -m xgrad.report $(RESULTS) --out $(REPORT) --reference
+
+# Rebuild the committed evidence reports from the committed run records (results/runs/<study>: records only).
+evidence-reports: $(STAMP)
+	for study in results/runs/*/; do name=$$(basename $$study); \
+		$(PY) -m xgrad.report $$study --out results/cpu_evidence_$$name || exit 1; done
 
 # Re-run one run of a committed report for one epoch and compare: make reproduce REPORT=results/<report> [ARGS=...]
 reproduce: $(STAMP)
