@@ -127,6 +127,24 @@ def cifar_root(tmp_path: Path) -> Path:
     return root
 
 
+def train_killed_at(cfg, folder: Path, monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Train ``cfg`` into ``folder`` until a KeyboardInterrupt as (0-based) ``epoch`` starts, after the previous
+    epoch's checkpoint was written: what a killed process leaves behind. ``Trainer`` is as before afterwards."""
+    from xgrad.trainer import Trainer, train
+
+    original = Trainer.train_epoch
+
+    def dies(self, at):
+        if at == epoch:
+            raise KeyboardInterrupt
+        return original(self, at)
+
+    monkeypatch.setattr(Trainer, "train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, folder)
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+
+
 def assert_resume_is_exact(overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Train ``overrides`` (3 epochs) whole, and again killed in epoch 3 then resumed; assert identical results.
 
@@ -136,22 +154,12 @@ def assert_resume_is_exact(overrides: list[str], tmp_path: Path, monkeypatch: py
     import torch
 
     from xgrad.rundir import read_metrics, read_summary
-    from xgrad.trainer import Trainer, train
+    from xgrad.trainer import train
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     train(make_cfg(overrides), whole)
-    original = Trainer.train_epoch
-
-    def dies_in_third_epoch(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(overrides), killed)
+    train_killed_at(make_cfg(overrides), killed, monkeypatch, epoch=2)
     assert read_summary(killed)["status"] == "interrupted" and len(read_metrics(killed)) == 2
-    monkeypatch.setattr(Trainer, "train_epoch", original)
     assert train(make_cfg(overrides), killed).status == "completed"
 
     def comparable(rows):

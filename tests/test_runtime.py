@@ -15,7 +15,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from tests.conftest import TINY, assert_resume_is_exact, make_cfg
+from tests.conftest import TINY, assert_resume_is_exact, make_cfg, train_killed_at
 from xgrad.errors import ConfigError
 from xgrad.models import MODELS, create_model
 from xgrad.rundir import read_summary
@@ -341,17 +341,7 @@ def test_resume_under_other_resolved_settings_is_refused(tmp_path, monkeypatch):
 
     folder = tmp_path / "run"
     overrides = [*TINY, "epochs=2"]
-    original = Trainer.train_epoch
-
-    def dies_in_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(overrides), folder)
-    monkeypatch.setattr(Trainer, "train_epoch", original)
+    train_killed_at(make_cfg(overrides), folder, monkeypatch, epoch=1)
     resolve = Runtime.from_config.__func__
 
     def auto_means_bf16(cls, cfg, *args, **kwargs):
