@@ -23,7 +23,7 @@ from .figures import convergence_figure, prediction_error_figure, save_figure
 from .labels import setting_title, slug
 from .ranking import ranking_stability, ranking_table
 from .repro import CONFIGS, EPOCHS, epochs_frame, run_configs
-from .tables import comparison, comparison_table, cost, cost_table, render
+from .tables import Table, comparison, comparison_table, cost, cost_table, render
 from .tuning import TunedStudy, split_tuned, tuning_figure, tuning_frame, tuning_table
 
 __all__ = ["MANIFEST", "Section", "build_report", "check_out", "with_variants"]
@@ -44,6 +44,17 @@ def write_text(path: Path, text: str) -> Path:
     """Write ``text`` atomically (UTF-8) and return ``path``."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
+
+
+def write_table(out: Path, stem: str, heading: str, table: Table, numbers: pd.DataFrame) -> tuple[list[Path], str]:
+    """``stem.md`` (under ``# heading``), ``stem.tex`` and ``stem.csv`` (``numbers``); the paths and the Markdown."""
+    markdown = render(table, "markdown")
+    files = [
+        write_text(out / f"{stem}.md", f"# {heading}\n\n{markdown}"),
+        write_text(out / f"{stem}.tex", render(table, "latex")),
+        write_text(out / f"{stem}.csv", numbers.to_csv(index=False)),
+    ]
+    return files, markdown
 
 
 def with_variants(sub: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +92,6 @@ def _section(
         if "tuned" in sub and sub["tuned"].any():
             table.notes.append(TUNED_NOTE)
         stem = f"table_{name}" + (f"_s{steps:g}" if len(steps_run) > 1 else "")
-        markdown = render(table, "markdown")
         setting = {
             "dataset": dataset,
             "model": model,
@@ -89,23 +99,12 @@ def _section(
             "unit": "%" if metric == "acc" else "ppl",
         }
         numbers = pd.concat([pd.DataFrame([setting] * len(numbers)), numbers], axis=1)
-        files = [
-            write_text(out / f"{stem}.md", f"# {title}\n\n{markdown}"),
-            write_text(out / f"{stem}.tex", render(table, "latex")),
-            write_text(out / f"{stem}.csv", numbers.to_csv(index=False)),
-        ]
+        files, markdown = write_table(out, stem, title, table, numbers)
         label = "with prediction " + (f"(s={steps:g})" if steps is not None else "(none run)")
         section.tables.append((label, files, markdown))
     ranking = ranking_stability(collection.runs, sub)
     if not ranking.empty:
-        table = ranking_table(ranking, metric, title)
-        markdown = render(table, "markdown")
-        stem = f"ranking_{name}"
-        files = [
-            write_text(out / f"{stem}.md", f"# {title}\n\n{markdown}"),
-            write_text(out / f"{stem}.tex", render(table, "latex")),
-            write_text(out / f"{stem}.csv", ranking.to_csv(index=False)),
-        ]
+        files, markdown = write_table(out, f"ranking_{name}", title, ranking_table(ranking, metric, title), ranking)
         section.tables.append(("ranking stability of the optimizers", files, markdown))
     return section
 
@@ -151,13 +150,7 @@ def _tuning_sections(
         name = slug("tuning", tuned.folder.name)
         section = Section(f"Learning-rate tuning: {title} ({tuned.folder.name})")
         section.figures = save_figure(tuning_figure(tuned, title), out / name)
-        table = tuning_table(tuned, title)
-        markdown = render(table, "markdown")
-        files = [
-            write_text(out / f"{name}.md", f"# {section.title}\n\n{markdown}"),
-            write_text(out / f"{name}.tex", render(table, "latex")),
-            write_text(out / f"{name}.csv", tuning_frame(tuned).to_csv(index=False)),
-        ]
+        files, markdown = write_table(out, name, section.title, tuning_table(tuned, title), tuning_frame(tuned))
         section.tables.append(("chosen lr per arm", files, markdown))
         sections.append(section)
     kept, left_out = split_tuned(frame, collection.runs, studies)
@@ -234,12 +227,7 @@ def _build(
         numbers = cost(pd.concat(parts))
         if not numbers.empty:
             table = cost_table(numbers, set(frame["device"]))
-            cost_markdown = render(table, "markdown")
-            cost_files = [
-                write_text(out / "cost.md", f"# Cost of weight prediction\n\n{cost_markdown}"),
-                write_text(out / "cost.tex", render(table, "latex")),
-                write_text(out / "cost.csv", numbers.to_csv(index=False)),
-            ]
+            cost_files, cost_markdown = write_table(out, "cost", "Cost of weight prediction", table, numbers)
         runs_csv = pd.concat(parts).drop(columns=["run"]).assign(extra=lambda f: f["extra"].map(", ".join))
         write_text(out / "runs.csv", runs_csv.to_csv(index=False))
         used = pd.concat(parts)  # per-epoch metrics and configurations: what scripts/reproduce.py checks against
