@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -115,9 +116,9 @@ def test_the_grid_widens_past_an_edge_choice_within_extend() -> None:
         Arm("adamw", 1.0, 0.001, base),  # not decided yet: nothing
     ]
     study = Study([], [1 / 3, 1, 3], [0], [0, 1, 2], "acc", "final_val_acc", arms, extend=2)
-    points = widen(study, study.factors, study.extend)
+    points = widen(study)
     assert [(a.optimizer, a.steps, lr) for a, lr in points] == [("adam", 0.0, 0.009), ("sgdm", 0.0, 0.0037)]
-    assert widen(study, study.factors, extend=0) == []
+    assert widen(dataclasses.replace(study, extend=0)) == []
 
 
 def test_widened_points_share_multiruns_without_extra_runs() -> None:
@@ -151,7 +152,7 @@ def test_a_relaunch_keeps_the_lrs_a_grid_was_widened_by(capsys: pytest.CaptureFi
 def test_a_grid_finer_than_three_digits_stops_widening() -> None:
     arm = _chosen("adam", 0.0, 0.1, [0.0999, 0.1], 0.1, True)
     assert next_lr(arm.lrs, upwards=True) == 0.1  # already in the grid: widening would repeat it forever
-    assert widen(Study([], [0.999, 1], [0], [0], "acc", "final_val_acc", [arm], extend=2), [0.999, 1], 2) == []
+    assert widen(Study([], [0.999, 1], [0], [0], "acc", "final_val_acc", [arm], extend=2)) == []
 
 
 # ----------------------------------------------------------------------------------- run folders
@@ -219,6 +220,8 @@ def test_bad_arguments_are_one_clear_error() -> None:
         parse_args(["steps=[0,1,1]"])
     with pytest.raises(ConfigError, match=r"phase='later'.*tune, final, all, plan"):
         parse_args(["phase=later"])
+    with pytest.raises(ConfigError, match=r"extend=-1: accepted an integer >= 0"):
+        parse_args(["extend=-1"])
     with pytest.raises(ConfigError, match=r"'optimizer.lr=0.1'.*factors="):
         parse_args(["optimizer.lr=0.1"])
     with pytest.raises(ConfigError, match=r"'seed=3'.*seeds="):

@@ -408,15 +408,20 @@ def tune_phase(study: Study, folder: Path, passed: list[str], dry: bool = False)
         lrs = ",".join(f"{lr:g}" for lr in grid)
         seeds = ",".join(map(str, study.tune_seeds))
         common = [f"optimizer={optimizer}", f"optimizer.lr={lrs}", f"seed={seeds}"]
-        plain = [a for a in arms if a.steps in (0, 1)]  # off and s=1 (the default horizon) share one multirun
-        if plain:
-            predict = ",".join(str(a.predict).lower() for a in plain)
-            failed |= multirun(folder, [*common, f"predict={predict}"], passed, dry) != 0
-        other = [a for a in arms if a.steps not in (0, 1)]
-        if other:
-            horizons = ",".join(f"{a.steps:g}" for a in other)
-            failed |= multirun(folder, [*common, "predict=true", f"predict_steps={horizons}"], passed, dry) != 0
+        for horizons in _horizon_overrides([a.steps for a in arms]):
+            failed |= multirun(folder, [*common, *horizons], passed, dry) != 0
     return int(failed)
+
+
+def _horizon_overrides(steps: list[float]) -> list[list[str]]:
+    """The overrides that sweep the horizons ``steps``, one list per multirun: without prediction and s=1 (the
+    default horizon) share one, the other s another."""
+    plain = [s for s in steps if s in (0, 1)]
+    other = [s for s in steps if s not in (0, 1)]
+    return [
+        *([["predict=" + ",".join(str(s > 0).lower() for s in plain)]] if plain else []),
+        *([["predict=true", "predict_steps=" + ",".join(f"{s:g}" for s in other)]] if other else []),
+    ]
 
 
 def next_lr(lrs: list[float], upwards: bool) -> float:
@@ -430,21 +435,21 @@ def next_lr(lrs: list[float], upwards: bool) -> float:
     return float(f"{(edge * ratio if upwards else edge / ratio):.3g}")
 
 
-def widen(study: Study, base: list[float], extend: int) -> list[tuple[Arm, float]]:
-    """The (arm, lr) points to add where an arm's choice lies on its grid's edge, within ``extend`` per side.
+def widen(study: Study) -> list[tuple[Arm, float]]:
+    """The (arm, lr) points to add where an arm's choice lies on its grid's edge, within ``study.extend`` per side.
 
-    ``base`` is the planned grid's factors: the lrs beyond it on a side count against that side's ``extend``.
+    The lrs beyond the planned grid (``study.factors``) on a side count against that side's ``extend``.
     """
     points = []
     for arm in study.arms:
         sel = arm.selection
         if sel is None or sel.lr is None or not sel.at_edge:
             continue
-        planned = grid_lrs(arm.preset_lr, base)
+        planned = grid_lrs(arm.preset_lr, study.factors)
         upwards = sel.lr == max(arm.lrs)
         added = [lr for lr in arm.lrs if (lr > max(planned) if upwards else lr < min(planned))]
         lr = next_lr(sorted(arm.lrs), upwards)
-        if len(added) < extend and lr not in arm.lrs:  # a grid finer than its 3 digits cannot grow: stop there
+        if len(added) < study.extend and lr not in arm.lrs:  # a grid finer than its 3 digits cannot grow: stop there
             points.append((arm, lr))
     return points
 
@@ -452,7 +457,7 @@ def widen(study: Study, base: list[float], extend: int) -> list[tuple[Arm, float
 def widen_phase(study: Study, folder: Path, passed: list[str]) -> int:
     """Grow the grids at their edges until every choice is inside its grid or ``study.extend`` is spent."""
     failed = 0
-    while points := widen(study, study.factors, study.extend):
+    while points := widen(study):
         for arm, lr in points:
             arm.lrs = sorted({*arm.lrs, lr})
         write_study(folder, study)
@@ -469,7 +474,7 @@ def widen_phase(study: Study, folder: Path, passed: list[str]) -> int:
 
 def _grouped(points: list[tuple[Arm, float]], seeds: list[int]) -> list[list[str]]:
     """Multiruns covering exactly ``points``: per lr, optimizers that need the same horizons share one (so that
-    both cores stay busy), the horizons off/s=1 and other s apart as in :func:`tune_phase`."""
+    both cores stay busy), the horizons split as :func:`_horizon_overrides` splits them."""
     by_lr: dict[float, dict[str, set[float]]] = {}
     for arm, lr in points:
         by_lr.setdefault(lr, {}).setdefault(arm.optimizer, set()).add(arm.steps)
@@ -480,12 +485,7 @@ def _grouped(points: list[tuple[Arm, float]], seeds: list[int]) -> list[list[str
             by_steps.setdefault(tuple(sorted(steps)), []).append(optimizer)
         for steps, names in by_steps.items():
             common = [f"optimizer={','.join(names)}", f"optimizer.lr={lr:g}", f"seed={','.join(map(str, seeds))}"]
-            plain = [s for s in steps if s in (0, 1)]
-            if plain:
-                runs.append([*common, "predict=" + ",".join(str(s > 0).lower() for s in plain)])
-            other = [s for s in steps if s not in (0, 1)]
-            if other:
-                runs.append([*common, "predict=true", "predict_steps=" + ",".join(f"{s:g}" for s in other)])
+            runs += [[*common, *horizons] for horizons in _horizon_overrides(list(steps))]
     return runs
 
 
