@@ -25,7 +25,7 @@ from xgrad.rundir import atomic_write
 from .collect import Run
 from .labels import metric_label, optimizer_rank, pretty_optimizer
 
-__all__ = ["convergence_figure", "prediction_error_figure", "save_figure", "series_label"]
+__all__ = ["convergence_figure", "metric_curves", "prediction_error_figure", "save_figure", "series_label"]
 
 # Sized for a two-column paper figure (7 in wide) with fonts that stay readable when printed at that size.
 FIGSIZE = (7.0, 3.6)
@@ -87,7 +87,7 @@ def _colours(sub: pd.DataFrame) -> dict[tuple[str, str], str]:
     return {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
 
 
-def _curves(runs: list[Run], rows: pd.DataFrame, column: str, scale: float) -> pd.DataFrame:
+def metric_curves(runs: list[Run], rows: pd.DataFrame, column: str, scale: float) -> pd.DataFrame:
     """Epoch x seed table of one metrics.csv column (non-finite values as NaN)."""
     curves = {}
     for row in rows.itertuples():
@@ -138,8 +138,10 @@ def convergence_figure(runs: list[Run], sub: pd.DataFrame, title: str) -> Figure
         for rows, colour, style, label in plan:
             done, diverged = rows[rows["status"] == "completed"], rows[rows["status"] == "diverged"]
             for ax, column, factor in ((ax_loss, "train_loss", 1.0), (ax_metric, f"test_{metric}", scale)):
-                labelled = _plot_mean(ax, _curves(runs, done, column, factor), colour, style, label)
-                _plot_diverged(ax, _curves(runs, diverged, column, factor), colour, style, None if labelled else label)
+                labelled = _plot_mean(ax, metric_curves(runs, done, column, factor), colour, style, label)
+                _plot_diverged(
+                    ax, metric_curves(runs, diverged, column, factor), colour, style, None if labelled else label
+                )
         _decorate(fig, ax_loss, ax_metric, metric, title, any_diverged, ncol)
     return fig
 
@@ -167,8 +169,8 @@ def prediction_error_figure(runs: list[Run], sub: pd.DataFrame, title: str) -> F
         fig = Figure(figsize=(FIGSIZE[0], FIGSIZE[1] + 0.16 * -(-len(plan) // ncol)), layout="constrained")
         ax_error, ax_cosine = fig.subplots(1, 2)
         for rows, colour, style, label in plan:
-            _plot_mean(ax_error, _curves(runs, rows, "prediction_error", 1.0), colour, style, label)
-            _plot_mean(ax_cosine, _curves(runs, rows, "prediction_cosine", 1.0), colour, style, label)
+            _plot_mean(ax_error, metric_curves(runs, rows, "prediction_error", 1.0), colour, style, label)
+            _plot_mean(ax_cosine, metric_curves(runs, rows, "prediction_cosine", 1.0), colour, style, label)
         ax_error.set(title="(a) relative prediction error", xlabel="epoch",
                      ylabel="||θ̂ − θ_reached|| / ||θ_reached − θ_t||")  # fmt: skip
         if ax_error.has_data():

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from .collect import Run
+from .figures import metric_curves
 from .labels import higher_is_better, metric_label
 from .tables import Table, row_label
 
@@ -36,17 +37,13 @@ def kendall_tau(a: pd.Series, b: pd.Series) -> float:
 def _scores(runs: list[Run], rows: pd.DataFrame, metric: str) -> pd.DataFrame:
     """(epoch, seed) x item table of the ranking metric, oriented so that higher is better."""
     sign = 1.0 if higher_is_better(metric) else -1.0
-    parts = []
-    for row in rows[rows["status"] == "completed"].itertuples():
-        metrics = runs[row.run].metrics
-        column = f"val_{metric}" if f"val_{metric}" in metrics.columns else f"test_{metric}"
-        if column not in metrics.columns or "epoch" not in metrics.columns:
-            continue
-        values = metrics[column].astype(float).replace([np.inf, -np.inf], np.nan) * sign
-        parts.append(pd.DataFrame({"epoch": metrics["epoch"], "seed": row.seed, "item": row.item, "score": values}))
-    if not parts:
-        return pd.DataFrame()
-    return pd.concat(parts).pivot_table(index=["epoch", "seed"], columns="item", values="score", aggfunc="mean")
+    scores = {}
+    for item, done in rows[rows["status"] == "completed"].groupby("item"):
+        validated = all(f"val_{metric}" in runs[i].metrics.columns for i in done["run"])
+        curves = metric_curves(runs, done, f"{'val' if validated else 'test'}_{metric}", sign)  # epoch x seed
+        if not curves.empty:
+            scores[item] = curves.rename_axis(index="epoch", columns="seed").unstack().swaplevel().sort_index()
+    return pd.DataFrame(scores)
 
 
 def ranking_stability(runs: list[Run], sub: pd.DataFrame) -> pd.DataFrame:
