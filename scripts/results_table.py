@@ -21,12 +21,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xgrad.report.labels import optimizer_rank, pretty_dataset, pretty_model  # noqa: E402
-from xgrad.report.tables import _diff_cell, row_label  # noqa: E402
+from xgrad.report.tables import diff_cell, row_label  # noqa: E402
 
 
 def _cell(row: pd.Series) -> str:
     unit = "pp" if row["unit"] == "%" else "ppl"
-    return f"{row['final_verdict']}: {_diff_cell(row['final_diff'], row['final_ci_low'], row['final_ci_high'])} {unit}"
+    return f"{row['final_verdict']}: {diff_cell(row['final_diff'], row['final_ci_low'], row['final_ci_high'])} {unit}"
 
 
 def results_table(reports: list[Path], base: Path) -> str:

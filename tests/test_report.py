@@ -25,7 +25,7 @@ from xgrad.report.build import with_variants
 from xgrad.report.collect import collect, drop_duplicate_seeds, runs_frame, split_overrides
 from xgrad.report.figures import convergence_figure, prediction_error_figure
 from xgrad.report.reference import load_reference, match_reference
-from xgrad.report.tables import _diff_cell, cost, cost_table, holm, paired_test, verdict
+from xgrad.report.tables import cost, cost_table, diff_cell, holm, paired_test, verdict
 from xgrad.report.wandb_source import load_wandb
 
 # ----------------------------------------------------------------------------------- synthetic run folders
@@ -397,9 +397,9 @@ def test_interval_beside_a_difference_over_other_seeds_names_its_own_centre() ->
     test = paired_test(with_, without)
     diff = with_.mean() - without.mean()
     assert diff == pytest.approx(-1.25) and (test.low, test.high) == (pytest.approx(1.0), pytest.approx(1.0))
-    assert _diff_cell(diff, test.low, test.high) == "-1.25; matching seeds +1.00 [+1.00, +1.00]"
-    assert _diff_cell(0.5, 0.2, 0.8) == "+0.50 [+0.20, +0.80]"  # the same seeds: the interval is around Δ
-    assert _diff_cell(0.5, math.nan, math.nan) == "+0.50"  # no interval
+    assert diff_cell(diff, test.low, test.high) == "-1.25; matching seeds +1.00 [+1.00, +1.00]"
+    assert diff_cell(0.5, 0.2, 0.8) == "+0.50 [+0.20, +0.80]"  # the same seeds: the interval is around Δ
+    assert diff_cell(0.5, math.nan, math.nan) == "+0.50"  # no interval
 
 
 def test_holm_adjustment_exact() -> None:

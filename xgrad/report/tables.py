@@ -27,9 +27,12 @@ __all__ = [
     "comparison_table",
     "cost",
     "cost_table",
+    "diff_cell",
     "holm",
     "paired_test",
     "render",
+    "row_label",
+    "verdict",
 ]
 
 # (header, cells, numbers to pick the best from or None, higher is better)
@@ -302,7 +305,7 @@ def comparison_table(table: pd.DataFrame, metric: str, title: str, selected_on: 
             means = list(table[f"{what}_{side}_mean"])
             columns.append((label, _mean_cells(table, what, side), means, higher))
         diffs = list(table[f"{what}_diff"])
-        cells = [_diff_cell(d, lo, hi) for d, lo, hi in zip(diffs, table[f"{what}_ci_low"], table[f"{what}_ci_high"])]
+        cells = [diff_cell(d, lo, hi) for d, lo, hi in zip(diffs, table[f"{what}_ci_low"], table[f"{what}_ci_high"])]
         columns.append((f"{what}: Δ [95% CI]", cells, diffs, higher))
         columns.append((f"{what}: holds up?", list(table[f"{what}_holds_up"]), None, True))
     notes = _multiplicity_notes(table)
@@ -340,7 +343,7 @@ def comparison_table(table: pd.DataFrame, metric: str, title: str, selected_on: 
     )
 
 
-def _diff_cell(diff: float, low: float, high: float) -> str:
+def diff_cell(diff: float, low: float, high: float) -> str:
     """``+0.42 [-0.10, +0.94]``: the difference of the means and the paired 95% interval (when there is one).
 
     The interval is centred on the mean difference over the matching seeds only. When some seeds have no partner
