@@ -632,7 +632,7 @@ def test_seeds_group_and_runs_pair_by_identity(tmp_path: Path) -> None:
     assert frame["extra"].tolist() == [(), ()]
 
 
-def test_results_table_gives_each_optimizer_its_verdict(report: Path) -> None:
+def test_results_table_gives_each_optimizer_its_verdict(report: Path, tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -649,7 +649,9 @@ def test_results_table_gives_each_optimizer_its_verdict(report: Path) -> None:
     assert sgdm.startswith("| SGDM | helped: +1.23 [+0.09, +2.38] pp |")  # differences 1.5, 0.7, 1.5 points
     assert sgdm.endswith("| not run | not run |")
     adamw = next(line for line in lines if line.startswith("| AdamW |"))
-    assert "too few seeds: +2.00 pp" in adamw  # 87.5 (2 seeds; one diverged) - 85.5
+    assert "too few seeds: +2.00 pp" in adamw
+    with pytest.raises(SystemExit, match=r"has no table_\*\.csv \(not a report folder"):
+        script.results_table([tmp_path], base=tmp_path)  # 87.5 (2 seeds; one diverged) - 85.5
 
 
 def test_verdict_follows_the_paired_seeds_not_the_unpaired_means(tmp_path: Path) -> None:
