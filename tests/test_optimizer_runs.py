@@ -80,6 +80,14 @@ def test_presets_with_lr_tables_take_every_optimizer(preset):
             assert optimizer.param_groups[0]["lr"] == spec.defaults["lr"]
 
 
+@pytest.mark.parametrize("preset", ["cpu_ptb_zaremba_small", "ptb_zaremba_medium"])
+def test_zaremba_presets_give_adamw_its_decoupled_decay_and_no_other_optimizer_decay(preset):
+    """Zaremba's recipe has no weight decay; AdamW without its decoupled decay would be Adam (identical runs)."""
+    decays = {name: make_cfg([f"experiment={preset}", f"optimizer={name}"]).optimizer.weight_decay
+              for name in ("sgd", "sgdm", "adam", "adamw", "adabelief", "adam3", "nadam")}  # fmt: skip
+    assert decays == {"sgd": 0.0, "sgdm": 0.0, "adam": 0.0, "adamw": 1e-2, "adabelief": 0.0, "adam3": 0.0, "nadam": 0.0}
+
+
 def test_missing_optional_package_is_a_config_error_naming_the_extra(tmp_path, without_extra_optim):
     with pytest.raises(ConfigError, match=r"optimizer=soap: .*pip install 'xgrad\[extra-optim\]'"):
         train(make_cfg([*TINY, "optimizer=soap"]), tmp_path)

@@ -632,6 +632,20 @@ def test_seeds_group_and_runs_pair_by_identity(tmp_path: Path) -> None:
     assert frame["extra"].tolist() == [(), ()]
 
 
+def test_seeds_recorded_under_an_older_identity_group_with_the_new_ones(tmp_path: Path) -> None:
+    """A summary's ids are those of the version that ran it (seed 0 when the identity held the presets' tables);
+    the report takes them from the run's config.yaml as identity is defined now, so the seeds stay one group."""
+    config = {"optimizer": {"name": "adam", "lr": 0.001}, "epochs": 3, "seed": 0}
+    old = write_run(tmp_path / "a", optimizer="adam", seed=0, config_id="with-tables", pair_id="with-tables-p")
+    new = write_run(tmp_path / "b", optimizer="adam", seed=1, config_id="now", pair_id="now-p")
+    (old / "config.yaml").write_text(yaml.safe_dump({**config, "lr_table": {"adam": 0.001, "sgdm": 2.0}}))
+    (new / "config.yaml").write_text(yaml.safe_dump({**config, "seed": 1}))
+    frame = runs_frame(collect([old, new]).runs)
+    assert frame["group"].nunique() == 1 and frame["extra"].tolist() == [(), ()]
+    (new / "config.yaml").write_text(yaml.safe_dump({**config, "seed": 1, "epochs": 4}))
+    assert runs_frame(collect([old, new]).runs)["group"].nunique() == 2
+
+
 def test_results_table_gives_each_optimizer_its_verdict(report: Path, tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
     script = importlib.util.module_from_spec(spec)

@@ -303,6 +303,20 @@ def test_identity_leaves_out_what_does_not_change_results():
     assert a != identity(make_cfg(["optimizer.lr=1", "epochs=3"]))
 
 
+def test_a_preset_table_entry_of_another_optimizer_does_not_change_a_runs_identity():
+    """Tables are read through interpolations: adding AdamW's decay to a preset leaves Adam's runs the same runs
+    (their folders resume), while the entry that does reach a run changes it."""
+    from xgrad.identity import identity
+
+    adam = identity(make_cfg(["experiment=cpu_ptb_zaremba_small", "optimizer=adam"]))
+    assert "wd_table" not in adam and "lr_table" not in adam
+    edited = ["experiment=cpu_ptb_zaremba_small", "wd_table.adamw=0.1", "lr_table.sgdm=9"]
+    assert identity(make_cfg([*edited, "optimizer=adam"])) == adam
+    assert identity(make_cfg([*edited, "optimizer=adamw"])) != identity(
+        make_cfg(["experiment=cpu_ptb_zaremba_small", "optimizer=adamw"])
+    )
+
+
 def test_a_prediction_run_pairs_with_its_baseline_whatever_its_prediction_keys():
     """Keys only the prediction arm reads (method, decay, error sampling, horizon) must not split a run from its
     baseline: the report pairs by pair_id."""

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 __all__ = [
     "MAX_NAME_BYTES",
     "NON_IDENTITY_KEYS",
+    "PRESET_TABLES",
     "config_id",
     "differences",
     "identity",
@@ -29,6 +30,9 @@ __all__ = [
 NON_IDENTITY_KEYS = frozenset(
     {"seed", "sweep", "data_root", "device", "threads", "logger", "progress", "resume", "hydra"}
 )
+# Per-optimizer tables of the presets (``optimizer.lr: ${lr_table.${optimizer.name}}``): what a run computes with
+# them is already in the keys they resolve into, so an entry for another optimizer does not make another run.
+PRESET_TABLES = frozenset({"lr_table", "eps_table", "wd_table"})
 # Keys that tell a run with weight prediction from its baseline: the report pairs runs equal in all others.
 # Every key that only the prediction arm reads belongs here, or such a run would have no baseline to pair with.
 PREDICTION_KEYS = ("predict", "predict_steps", "predict_method", "predict_weight_decay", "prediction_error_every")
@@ -49,8 +53,10 @@ def _canonical(value: Any) -> Any:
 
 
 def identity(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved configuration of ``cfg`` without :data:`NON_IDENTITY_KEYS`, canonically spelled."""
-    kept = [k for k in cfg if k not in NON_IDENTITY_KEYS]  # before resolving: hydra's own needs its runtime
+    """The resolved configuration of ``cfg`` without :data:`NON_IDENTITY_KEYS` and :data:`PRESET_TABLES`,
+    canonically spelled."""
+    dropped = NON_IDENTITY_KEYS | PRESET_TABLES
+    kept = [k for k in cfg if k not in dropped]  # before resolving: hydra's own needs its runtime
     if isinstance(cfg, DictConfig):
         return _canonical({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                            for k in kept})  # fmt: skip

@@ -50,6 +50,7 @@ from xgrad.hparams import (
     show,
     unknown_key,
 )
+from xgrad.identity import PRESET_TABLES
 from xgrad.predict import PREDICTION_METHODS
 
 __all__ = ["DATASETS", "LOGGER", "TOP", "CheckConfig", "DatasetSpec", "validate"]
@@ -84,11 +85,10 @@ TOP: dict[str, Param] = {
     "channels_last": Choice("auto", True, False),
     "deterministic": Bool(),
     # Per-optimizer tables of the presets, read only through interpolations (optimizer.lr: ${lr_table.${...}}).
-    "lr_table": Table(),
-    "eps_table": Table(),
+    **{name: Table() for name in PRESET_TABLES},
 }
 #: Top-level keys a configuration may leave out (the code has a default, or only presets set them).
-OPTIONAL = {"precision", "channels_last", "deterministic", "threads", "lr_table", "eps_table"}
+OPTIONAL = {"precision", "channels_last", "deterministic", "threads", *PRESET_TABLES}
 GROUPS = ("dataset", "model", "optimizer", "scheduler")  # required; ``logger`` is optional
 
 # ----------------------------------------------------------------------------------- logger

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from xgrad.identity import config_id, identity, pair_id
 from xgrad.rundir import CONFIG, METRICS, SCHEMA_VERSION, SUMMARY
 
 __all__ = [
@@ -123,7 +124,19 @@ def read_folder(folder: Path) -> Run | Skipped:
             config = yaml.safe_load(config_path.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             return Skipped(source, f"corrupt: unreadable {config_path.relative_to(folder)} ({type(e).__name__})")
+    if config_path == folder / CONFIG and isinstance(summary, dict) and summary.get("config_id"):
+        summary = {**summary, **_current_ids(config)}
     return validate(source, summary, metrics, config, mtime=(folder / SUMMARY).stat().st_mtime)
+
+
+def _current_ids(config: dict[str, Any]) -> dict[str, str]:
+    """``config_id`` and ``pair_id`` of a recorded configuration as xgrad.identity defines them now.
+
+    A summary keeps the ids of the version that ran it; from its ``config.yaml`` a run recorded when the identity
+    still held the presets' tables groups with the seeds run since.
+    """
+    ident = identity(config)
+    return {"config_id": config_id(ident), "pair_id": pair_id(ident)}
 
 
 def metric_of(summary: dict[str, Any]) -> str | None:
