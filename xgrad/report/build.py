@@ -20,6 +20,7 @@ from xgrad.rundir import atomic_write
 
 from .collect import Collection, ReportError, runs_frame
 from .figures import convergence_figure, prediction_error_figure, save_figure
+from .horizon import horizon_frame, horizon_table
 from .labels import setting_title, slug
 from .ranking import ranking_stability, ranking_table
 from .repro import CONFIGS, EPOCHS, epochs_frame, run_configs
@@ -85,8 +86,9 @@ def _section(
         section.error_figures = save_figure(figure, out / f"prediction_error_{name}")
     metric = sub["metric"].iloc[0]
     steps_run = sorted(sub.loc[sub["predict"], "steps"].unique()) or [None]
+    comparisons = {}
     for steps in steps_run:
-        numbers = comparison(sub, steps, reference)
+        numbers = comparisons[steps] = comparison(sub, steps, reference)
         section.tests += int(numbers["final_p_value"].notna().sum() + numbers["best_p_value"].notna().sum())
         table = comparison_table(numbers, metric, title, set(sub["best_selected_on"]))
         if "tuned" in sub and sub["tuned"].any():
@@ -102,6 +104,11 @@ def _section(
         files, markdown = write_table(out, stem, title, table, numbers)
         label = "with prediction " + (f"(s={steps:g})" if steps is not None else "(none run)")
         section.tables.append((label, files, markdown))
+    horizons = horizon_frame(collection.runs, sub, comparisons) if len(steps_run) > 1 else pd.DataFrame()
+    if not horizons.empty:
+        table = horizon_table(horizons, metric, title)
+        files, markdown = write_table(out, f"horizon_{name}", title, table, horizons)
+        section.tables.append(("the prediction horizon s", files, markdown))
     ranking = ranking_stability(collection.runs, sub)
     if not ranking.empty:
         files, markdown = write_table(out, f"ranking_{name}", title, ranking_table(ranking, metric, title), ranking)

@@ -31,6 +31,7 @@ __all__ = [
     "holm",
     "paired_test",
     "render",
+    "row_groups",
     "row_label",
     "verdict",
 ]
@@ -44,7 +45,7 @@ MIN_PAIRED = 3  # fewer matching seeds than this: no test, said so plainly
 # ----------------------------------------------------------------------------------- numbers
 
 
-def _rows(sub: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+def row_groups(sub: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
     """The table rows of one setting: (optimizer, variant) groups in README optimizer order."""
     groups = sub.groupby(["optimizer", "variant"], sort=False)
     return sorted(groups, key=lambda item: (optimizer_rank(item[0][0]), item[0][1]))
@@ -129,7 +130,7 @@ def comparison(sub: pd.DataFrame, steps: float | None, reference: pd.DataFrame |
     seeds are counted. Differences are ``mean(with) - mean(without)``; the paired test uses matching seeds.
     """
     rows = []
-    for (optimizer, variant), runs in _rows(sub):
+    for (optimizer, variant), runs in row_groups(sub):
         without = runs[~runs["predict"]]
         with_ = runs[runs["predict"] & (runs["steps"] == steps)] if steps is not None else runs.iloc[:0]
         row = {"optimizer": optimizer, "variant": variant, "predict_steps": steps}
@@ -218,7 +219,7 @@ def cost(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     done = frame[frame["status"] == "completed"]
     for (dataset, model, reduced), setting in done.groupby(["dataset", "model", "reduced_scale"], sort=True):
-        for (optimizer, variant), runs in _rows(setting):
+        for (optimizer, variant), runs in row_groups(setting):
             without = runs[~runs["predict"]]
             for steps in sorted(runs.loc[runs["predict"], "steps"].unique()) or [None]:
                 with_ = runs[runs["predict"] & (runs["steps"] == steps)] if steps is not None else runs.iloc[:0]

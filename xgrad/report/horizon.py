@@ -1,0 +1,105 @@
+"""The prediction horizon s: per optimizer, every s it ran side by side with its baseline (s = 0).
+
+Where a setting's runs predicted with several horizons (the issue's s in {0.5, 1, 2, 4}), one table shows per s
+the final test metric, its paired difference from the baseline (the numbers of that s's comparison table) and how
+well the prediction matched where the weights went: the relative prediction error and the cosine between the
+predicted and the actual move, each run's mean over its epochs, then mean ± std over the seeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from xgrad.tune import run_lr
+
+from .collect import Run
+from .figures import metric_curves
+from .labels import fmt_mean_std, metric_label
+from .tables import Table, diff_cell, row_groups, row_label
+
+__all__ = ["horizon_frame", "horizon_table"]
+
+
+def _seed_means(runs: list[Run], rows: pd.DataFrame, column: str) -> pd.Series:
+    """Per completed seed: the mean over epochs of one metrics.csv column (empty when no run measured it)."""
+    curves = metric_curves(runs, rows[rows["status"] == "completed"], column, 1.0)
+    return curves.mean(axis=0).dropna() if not curves.empty else pd.Series(dtype=float)
+
+
+def _lr(runs: list[Run], rows: pd.DataFrame) -> float:
+    lrs = {run_lr(runs[i].config) for i in rows["run"]}
+    return lrs.pop() if len(lrs) == 1 and None not in lrs else math.nan
+
+
+def horizon_frame(runs: list[Run], sub: pd.DataFrame, comparisons: dict[float, pd.DataFrame]) -> pd.DataFrame:
+    """One row per (optimizer, variant, s) of the rows of ``sub`` that predicted with two horizons or more.
+
+    ``comparisons`` maps each s to :func:`~xgrad.report.tables.comparison` of that s; s = 0 is the baseline row.
+    """
+    out = []
+    for (optimizer, variant), group in row_groups(sub):
+        steps = sorted(group.loc[group["predict"], "steps"].unique())
+        if len(steps) < 2:
+            continue
+        without = group[~group["predict"]]
+        done = without.loc[without["status"] == "completed", "final"]
+        out.append({
+            "optimizer": optimizer, "variant": variant, "steps": 0.0, "lr": _lr(runs, without),
+            "n": len(done), "diverged": int((without["status"] == "diverged").sum()),
+            "final_mean": done.mean(), "final_std": done.std(ddof=1) if len(done) > 1 else math.nan,
+        })  # fmt: skip
+        for s in steps:
+            numbers = comparisons[s]
+            row = numbers[(numbers["optimizer"] == optimizer) & (numbers["variant"] == variant)].iloc[0]
+            with_ = group[group["predict"] & (group["steps"] == s)]
+            error, cosine = (_seed_means(runs, with_, c) for c in ("prediction_error", "prediction_cosine"))
+            out.append({
+                "optimizer": optimizer, "variant": variant, "steps": float(s), "lr": _lr(runs, with_),
+                "n": int(row["n_with"]), "diverged": int(row["diverged_with"]),
+                "final_mean": row["final_with_mean"], "final_std": row["final_with_std"],
+                "final_diff": row["final_diff"], "final_ci_low": row["final_ci_low"],
+                "final_ci_high": row["final_ci_high"], "final_p_holm": row["final_p_holm"],
+                "final_verdict": row["final_verdict"],
+                "error_mean": error.mean(), "error_std": error.std(ddof=1) if len(error) > 1 else math.nan,
+                "cosine_mean": cosine.mean(), "cosine_std": cosine.std(ddof=1) if len(cosine) > 1 else math.nan,
+            })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def horizon_table(frame: pd.DataFrame, metric: str, title: str) -> Table:
+    """Presentation of :func:`horizon_frame`."""
+
+    def number(value: float, text: str) -> str:
+        return text if isinstance(value, float) and math.isfinite(value) else "—"
+
+    cells = []
+    for r in frame.itertuples():
+        baseline = r.steps == 0
+        cells.append([
+            row_label(r.optimizer, r.variant),
+            "0 (without)" if baseline else f"{r.steps:g}",
+            number(r.lr, f"{r.lr:g}"),
+            f"{r.n}" + (f" ({r.diverged} diverged)" if r.diverged else ""),
+            fmt_mean_std(r.final_mean, r.final_std),
+            "" if baseline else diff_cell(r.final_diff, r.final_ci_low, r.final_ci_high),
+            "" if baseline else number(r.final_p_holm, f"{r.final_p_holm:.3f}"),
+            "" if baseline else r.final_verdict,
+            "" if baseline else fmt_mean_std(r.error_mean, r.error_std, digits=3),
+            "" if baseline else fmt_mean_std(r.cosine_mean, r.cosine_std, digits=3),
+        ])  # fmt: skip
+    headers = ["optimizer", "s", "lr", "seeds", f"final {metric_label(metric)}", "Δ vs without [95% CI]",
+               "Holm p", "verdict", "prediction error", "cosine"]  # fmt: skip
+    return Table(
+        headers=headers,
+        cells=cells,
+        bold=[[False] * len(headers) for _ in cells],
+        caption=(
+            f"{title}: the prediction horizon s. final = last epoch, mean ± std over completed seeds; Δ, its paired "
+            "95% interval, Holm p and verdict are those of the comparison table of that s (Holm over its rows). "
+            "prediction error = ||θ̂ − θ_reached|| / ||θ_reached − θ_t|| and cosine = cos(predicted, actual move), "
+            "each run's mean over its epochs (sampled steps), then mean ± std over seeds. lr: each arm's own."
+        ),
+        align="llrrrlrlrr",
+    )
