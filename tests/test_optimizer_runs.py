@@ -86,6 +86,14 @@ def test_zaremba_presets_give_adamw_its_decoupled_decay_and_no_other_optimizer_d
     decays = {name: make_cfg([f"experiment={preset}", f"optimizer={name}"]).optimizer.weight_decay
               for name in ("sgd", "sgdm", "adam", "adamw", "adabelief", "adam3", "nadam")}  # fmt: skip
     assert decays == {"sgd": 0.0, "sgdm": 0.0, "adam": 0.0, "adamw": 1e-2, "adabelief": 0.0, "adam3": 0.0, "nadam": 0.0}
+    import torch
+
+    from xgrad.optim import create_optimizer
+    from xgrad.tasks import config_kwargs
+
+    hp = config_kwargs(make_cfg([f"experiment={preset}", "optimizer=adamw"]).optimizer)
+    adamw = create_optimizer("adamw", torch.nn.Linear(2, 2), **hp)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 1e-2
 
 
 def test_missing_optional_package_is_a_config_error_naming_the_extra(tmp_path, without_extra_optim):

@@ -22,7 +22,14 @@ from scipy import stats
 from tests.conftest import ROOT, TINY, make_cfg
 from xgrad.report import cli
 from xgrad.report.build import with_variants
-from xgrad.report.collect import collect, drop_duplicate_seeds, runs_frame, split_overrides
+from xgrad.report.collect import (
+    Collection,
+    collect,
+    drop_duplicate_seeds,
+    read_folder,
+    runs_frame,
+    split_overrides,
+)
 from xgrad.report.figures import convergence_figure, prediction_error_figure
 from xgrad.report.reference import load_reference, match_reference
 from xgrad.report.tables import cost, cost_table, diff_cell, holm, paired_test, verdict
@@ -635,7 +642,7 @@ def test_seeds_group_and_runs_pair_by_identity(tmp_path: Path) -> None:
 def test_seeds_recorded_under_an_older_identity_group_with_the_new_ones(tmp_path: Path) -> None:
     """A summary's ids are those of the version that ran it (seed 0 when the identity held the presets' tables);
     the report takes them from the run's config.yaml as identity is defined now, so the seeds stay one group."""
-    config = {"optimizer": {"name": "adam", "lr": 0.001}, "epochs": 3, "seed": 0}
+    config = {"optimizer": {"name": "adam", "lr": 0.001}, "dataset": {"name": "cifar10"}, "epochs": 3, "seed": 0}
     old = write_run(tmp_path / "a", optimizer="adam", seed=0, config_id="with-tables", pair_id="with-tables-p")
     new = write_run(tmp_path / "b", optimizer="adam", seed=1, config_id="now", pair_id="now-p")
     (old / "config.yaml").write_text(yaml.safe_dump({**config, "lr_table": {"adam": 0.001, "sgdm": 2.0}}))
@@ -644,6 +651,25 @@ def test_seeds_recorded_under_an_older_identity_group_with_the_new_ones(tmp_path
     assert frame["group"].nunique() == 1 and frame["extra"].tolist() == [(), ()]
     (new / "config.yaml").write_text(yaml.safe_dump({**config, "seed": 1, "epochs": 4}))
     assert runs_frame(collect([old, new]).runs)["group"].nunique() == 2
+    # a config.yaml that is not this run's (no mapping, another optimizer) leaves the summary's ids alone
+    for text in ("[1, 2]\n", "", yaml.safe_dump({**config, "optimizer": {"name": "sgdm", "lr": 0.1}})):
+        (new / "config.yaml").write_text(text)
+        assert read_folder(new).summary["config_id"] == "now"
+
+
+def test_a_run_read_from_its_folder_and_from_wandb_is_one_run(tmp_path: Path) -> None:
+    """Both sources derive the ids anew from the resolved configuration, so the two copies stay duplicates."""
+    config = {"optimizer": {"name": "adam", "lr": 0.001}, "dataset": {"name": "cifar10"}, "epochs": 3, "seed": 0}
+    folder = write_run(tmp_path, optimizer="adam", config_id="with-tables", pair_id="with-tables-p")
+    (folder / "config.yaml").write_text(yaml.safe_dump({**config, "lr_table": {"adam": 0.001}}))
+    local = read_folder(folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = [{**row, "_step": row["epoch"]} for row in pd.read_csv(folder / "metrics.csv").to_dict("records")]
+    logged = SimpleNamespace(id="x", summary=summary, config={**config, "_wandb": {"v": 1}},
+                             scan_history=lambda: iter(rows))  # fmt: skip
+    (remote,) = load_wandb("me/p", api=SimpleNamespace(runs=lambda path: [logged])).runs
+    assert local.summary["config_id"] == remote.summary["config_id"] != "with-tables"
+    assert len(drop_duplicate_seeds(Collection(runs=[local, remote])).runs) == 1
 
 
 def test_results_table_gives_each_optimizer_its_verdict(report: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import CONF, ROOT, TINY, assert_resume_is_exact, make_cfg, run_cli
+from tests.conftest import CONF, ROOT, TINY, assert_resume_is_exact, make_cfg, run_cli, train_killed_at
 from xgrad.rundir import read_metrics, read_summary
 from xgrad.trainer import ConfigError, Trainer, train
 
@@ -575,6 +575,24 @@ def test_checkpoint_of_another_model_or_configuration_is_one_line(tmp_path):
         train(make_cfg([*TINY, "epochs=1"]), other)
     proc = run_cli([*TINY, "epochs=1", f"hydra.run.dir={other}"], tmp_path)
     assert proc.returncode == 2 and "does not fit this configuration" in _one_line_error(proc)
+
+
+def test_a_checkpoint_whose_identity_held_the_presets_tables_resumes(tmp_path, monkeypatch):
+    """Checkpoints written before the tables left the identity record them; such a killed run still resumes."""
+    cfg = make_cfg([*TINY, "epochs=2", "optimizer=adam"])
+    folder = tmp_path / "run"
+    train_killed_at(cfg, folder, monkeypatch, epoch=1)
+    state = torch.load(folder / "checkpoint.pt", weights_only=False)
+    state["identity"]["lr_table"] = {"adam": 0.001, "sgdm": 9.0}  # as an older version recorded it
+    torch.save(state, folder / "checkpoint.pt")
+    assert train(cfg, folder).summary["epochs_done"] == 2
+    state["identity"]["optimizer"]["lr"] = 0.5  # what the run computes still counts
+    torch.save(state, folder / "checkpoint.pt")
+    (folder / "summary.json").unlink()
+    from xgrad.errors import ResumeError
+
+    with pytest.raises(ResumeError, match=r"another configuration \(differs in optimizer.lr\)"):
+        train(cfg, folder)
 
 
 def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, monkeypatch):

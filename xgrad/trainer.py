@@ -201,6 +201,8 @@ class Trainer:
         except Exception as e:
             raise ResumeError(f"cannot read checkpoint {path}: {e} (delete it, or set resume=false)") from e
         recorded, current = state.get("identity") if isinstance(state, dict) else None, identity(self.cfg)
+        # Re-derived: a checkpoint keeps the identity of the version that wrote it (one with the presets' tables).
+        recorded = identity(recorded) if isinstance(recorded, dict) else recorded
         if recorded is not None and recorded != current:
             shown = ", ".join(k for k, _, _ in differences(recorded, current)[:4])
             raise ResumeError(f"checkpoint {path} is of another configuration (differs in {shown}); delete it, "

@@ -1,8 +1,9 @@
 """From collected runs to the output folder: figures, tables, cost table, runs.csv and the README index.
 
-A *setting* is one (dataset, model, reduced_scale): it gets one convergence figure and one comparison table per
-prediction horizon ``s``. Inside a setting, overrides that differ between runs (besides optimizer, prediction
-and seed) name the row's *variant*, e.g. ``optimizer.lr=0.01``; overrides common to all runs are left out.
+A *setting* is one (dataset, model, reduced_scale): it gets one convergence figure, one comparison table per
+prediction horizon ``s``, a horizon table when it ran several, and a ranking-stability table. Inside a setting,
+overrides that differ between runs (besides optimizer, prediction and seed) name the row's *variant*, e.g.
+``optimizer.lr=0.01``; overrides common to all runs are left out.
 """
 
 from __future__ import annotations
@@ -86,28 +87,27 @@ def _section(
         section.error_figures = save_figure(figure, out / f"prediction_error_{name}")
     metric = sub["metric"].iloc[0]
     steps_run = sorted(sub.loc[sub["predict"], "steps"].unique()) or [None]
+    tuned = "tuned" in sub and bool(sub["tuned"].any())
+    setting = {"dataset": dataset, "model": model, "reduced_scale": reduced, "unit": "%" if metric == "acc" else "ppl"}
+
+    def with_setting(numbers: pd.DataFrame) -> pd.DataFrame:
+        return pd.concat([pd.DataFrame([setting] * len(numbers)), numbers], axis=1)
+
     comparisons = {}
     for steps in steps_run:
         numbers = comparisons[steps] = comparison(sub, steps, reference)
         section.tests += int(numbers["final_p_value"].notna().sum() + numbers["best_p_value"].notna().sum())
         table = comparison_table(numbers, metric, title, set(sub["best_selected_on"]))
-        if "tuned" in sub and sub["tuned"].any():
-            table.notes.append(TUNED_NOTE)
+        table.notes += [TUNED_NOTE] if tuned else []
         stem = f"table_{name}" + (f"_s{steps:g}" if len(steps_run) > 1 else "")
-        setting = {
-            "dataset": dataset,
-            "model": model,
-            "reduced_scale": reduced,
-            "unit": "%" if metric == "acc" else "ppl",
-        }
-        numbers = pd.concat([pd.DataFrame([setting] * len(numbers)), numbers], axis=1)
-        files, markdown = write_table(out, stem, title, table, numbers)
+        files, markdown = write_table(out, stem, title, table, with_setting(numbers))
         label = "with prediction " + (f"(s={steps:g})" if steps is not None else "(none run)")
         section.tables.append((label, files, markdown))
     horizons = horizon_frame(collection.runs, sub, comparisons) if len(steps_run) > 1 else pd.DataFrame()
     if not horizons.empty:
         table = horizon_table(horizons, metric, title)
-        files, markdown = write_table(out, f"horizon_{name}", title, table, horizons)
+        table.notes += [TUNED_NOTE] if tuned else []
+        files, markdown = write_table(out, f"horizon_{name}", title, table, with_setting(horizons))
         section.tables.append(("the prediction horizon s", files, markdown))
     ranking = ranking_stability(collection.runs, sub)
     if not ranking.empty:

@@ -4,7 +4,8 @@ A run folder is any folder holding ``summary.json``; beside it ``metrics.csv`` (
 ``config.yaml`` (the resolved configuration; ``.hydra/config.yaml`` in folders of older versions). Only
 ``completed`` and ``diverged`` runs are used; everything else (failed, still running or stopped, unreadable,
 wrong schema) becomes a :class:`Skipped` entry with the reason. Seeds are grouped, and runs paired with their
-baselines, by the identity the runner records (``config_id``, ``pair_id``).
+baselines, by their identity (``config_id``, ``pair_id``): derived from the recorded resolved configuration as
+xgrad.identity defines it now, else as the run's summary recorded it.
 """
 
 from __future__ import annotations
@@ -124,18 +125,23 @@ def read_folder(folder: Path) -> Run | Skipped:
             config = yaml.safe_load(config_path.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
             return Skipped(source, f"corrupt: unreadable {config_path.relative_to(folder)} ({type(e).__name__})")
-    if config_path == folder / CONFIG and isinstance(summary, dict) and summary.get("config_id"):
-        summary = {**summary, **_current_ids(config)}
-    return validate(source, summary, metrics, config, mtime=(folder / SUMMARY).stat().st_mtime)
+    mtime = (folder / SUMMARY).stat().st_mtime
+    return validate(source, summary, metrics, config, mtime=mtime, resolved=config_path == folder / CONFIG)
 
 
-def _current_ids(config: dict[str, Any]) -> dict[str, str]:
-    """``config_id`` and ``pair_id`` of a recorded configuration as xgrad.identity defines them now.
+def _current_ids(summary: dict[str, Any], config: Any) -> dict[str, str]:
+    """``config_id`` and ``pair_id`` of a run's resolved configuration as xgrad.identity defines them now.
 
-    A summary keeps the ids of the version that ran it; from its ``config.yaml`` a run recorded when the identity
-    still held the presets' tables groups with the seeds run since.
+    A summary keeps the ids of the version that ran it; from its recorded configuration a run recorded when the
+    identity still held the presets' tables groups with the seeds run since. Nothing (the summary's ids stay) when
+    the configuration is not that run's: not a mapping, or another optimizer or dataset than the summary names.
     """
-    ident = identity(config)
+    optimizer, dataset = (config.get(k) if isinstance(config, dict) else None for k in ("optimizer", "dataset"))
+    if not summary.get("config_id") or not isinstance(optimizer, dict) or not isinstance(dataset, dict):
+        return {}
+    if optimizer.get("name") != summary.get("optimizer") or dataset.get("name") != summary.get("dataset"):
+        return {}
+    ident = identity({k: v for k, v in config.items() if not str(k).startswith("_")})  # W&B adds _wandb
     return {"config_id": config_id(ident), "pair_id": pair_id(ident)}
 
 
@@ -153,9 +159,18 @@ def metric_of(summary: dict[str, Any]) -> str | None:
 
 
 def validate(
-    source: str, summary: Any, metrics: pd.DataFrame, config: dict[str, Any], mtime: float = 0.0
+    source: str,
+    summary: Any,
+    metrics: pd.DataFrame,
+    config: dict[str, Any],
+    mtime: float = 0.0,
+    resolved: bool = False,
 ) -> Run | Skipped:
-    """Check one run's files against the runner's schema; return the :class:`Run`, or why it is skipped."""
+    """Check one run's files against the runner's schema; return the :class:`Run`, or why it is skipped.
+
+    ``resolved``: ``config`` is the resolved configuration the run recorded (xgrad's ``config.yaml``, W&B's run
+    config), from which its ``config_id`` and ``pair_id`` are derived anew (:func:`_current_ids`).
+    """
     if not isinstance(summary, dict):
         return Skipped(source, "corrupt: summary.json is not a JSON object")
     version = summary.get("schema_version")
@@ -180,6 +195,7 @@ def validate(
     if problem:
         return Skipped(source, f"corrupt: {problem}")
     metrics = metrics.apply(pd.to_numeric, errors="coerce") if len(metrics) else metrics
+    summary = {**summary, **_current_ids(summary, config)} if resolved else summary
     return Run(source, _normalise(summary), metrics, config if isinstance(config, dict) else {}, mtime)
 
 

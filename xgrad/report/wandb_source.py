@@ -55,6 +55,6 @@ def load_wandb(path: str, api: Any = None) -> Collection:
         except Exception as e:
             collection.skipped.append(Skipped(source, f"corrupt: cannot read the W&B run ({type(e).__name__}: {e})"))
             continue
-        item = validate(source, summary, metrics, config)
+        item = validate(source, summary, metrics, config, resolved=True)  # the run logged cfg resolved
         (collection.runs if isinstance(item, Run) else collection.skipped).append(item)
     return collection
