@@ -80,7 +80,10 @@ def rerun_first_epoch(config: dict, args: argparse.Namespace, folder: Path) -> d
         command.append(f"data_root={args.data_root}")
     print("+ " + " ".join(command[1:]), flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen(command, cwd=folder, env=env)
+    # Started in the background (nohup, `&`) this process may ignore SIGINT, and the child would inherit that and
+    # never stop after its first epoch: it gets the default handling back.
+    restore = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if os.name == "posix" else None
+    proc = subprocess.Popen(command, cwd=folder, env=env, preexec_fn=restore)
     metrics, deadline = run_dir / "metrics.csv", time.monotonic() + args.timeout
     try:
         while proc.poll() is None and not _has_an_epoch(metrics) and time.monotonic() < deadline:

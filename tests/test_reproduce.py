@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +37,15 @@ def test_reproduce_a_committed_run(tmp_path: Path, capfd: pytest.CaptureFixture)
     assert reproduce([str(report), "--rtol", "1e-6"]) == 0
     out = capfd.readouterr().out
     assert "reproduced: all" in out and "train_loss" in out and "test_acc" in out
+
+    # launched in the background (SIGINT ignored, inherited by children) it still stops after the first epoch
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        assert reproduce([str(report), "--keep", str(tmp_path / "kept")]) == 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(pd.read_csv(tmp_path / "kept" / "run" / "metrics.csv")) == 1
+    capfd.readouterr()
 
     epochs.loc[epochs["epoch"] == 1, "train_loss"] *= 1.05  # as if the committed number were another run's
     epochs.to_csv(report / "runs_epochs.csv", index=False)
