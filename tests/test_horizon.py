@@ -66,7 +66,8 @@ def test_report_writes_the_horizon_table_only_with_several_horizons(tmp_path: Pa
     (table,) = (tmp_path / "report").glob("horizon_*.md")
     text = table.read_text()
     assert "| SGDM | 2 | 0.1 | 3 | 89.00 ± 1.00 | -0.83 [" in text and "| 1.300 ± 0.100 | 0.790 ± 0.010 |" in text
-    assert table.name in (tmp_path / "report" / "README.md").read_text()
+    index = (tmp_path / "report" / "README.md").read_text()
+    assert table.name in index and "Accuracies are in percent." in index
     for folder in (tmp_path / "runs").glob("*/optimizer=sgdm,predict=true,predict_steps=2"):
         shutil.rmtree(folder)
     assert cli.main([str(tmp_path / "runs"), "--out", str(tmp_path / "one")]) == 0

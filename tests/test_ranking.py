@@ -68,6 +68,9 @@ def test_perplexity_ranks_lowest_first_and_arms_apart(tmp_path: Path) -> None:
     assert numbers["order"].tolist() == ["AdamW > Adam > SGDM"] * 2
     assert numbers["tau_epoch_2"].tolist() == pytest.approx([1.0, 1.0])
     assert numbers["tau_epoch_1"].isna().all()  # epoch 1 ties everywhere: no ranking
+    assert cli.main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    index = (tmp_path / "report" / "README.md").read_text()
+    assert "Statistics use completed seeds" in index and "Accuracies" not in index  # perplexities only
 
 
 def test_report_writes_and_links_the_ranking_table(tmp_path: Path) -> None:

@@ -260,6 +260,7 @@ def _index(
     """The README.md of the output folder: every figure and table, then the runs used and skipped."""
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     statuses = frame["status"].value_counts().to_dict() if not frame.empty else {}
+    percent = "Accuracies are in percent. " if not frame.empty and (frame["metric"] == "acc").any() else ""
     lines = [
         "# Results report",
         "",
@@ -267,7 +268,7 @@ def _index(
         "",
         f"Runs used: {len(frame)} ({statuses.get('completed', 0)} completed, "
         f"{statuses.get('diverged', 0)} diverged); skipped: {len(collection.skipped)} (see the end). "
-        "Accuracies are in percent. Statistics use completed seeds; diverged seeds are counted, not averaged.",
+        f"{percent}Statistics use completed seeds; diverged seeds are counted, not averaged.",
         "",
     ]
     lines += _provenance(collection)
