@@ -29,8 +29,11 @@ def _cell(row: pd.Series) -> str:
     return f"{row['final_verdict']}: {diff_cell(row['final_diff'], row['final_ci_low'], row['final_ci_high'])} {unit}"
 
 
-def results_table(reports: list[Path], base: Path) -> str:
-    """The Markdown table; links are relative to ``base`` (the folder of the file it goes into)."""
+def results_table(reports: list[Path], base: Path, steps: list[float] | None = None) -> str:
+    """The Markdown table; links are relative to ``base`` (the folder of the file it goes into).
+
+    ``steps``: only these prediction horizons (default: every horizon a report has, a column each).
+    """
     columns: dict[str, dict[str, str]] = {}
     order: dict[str, tuple] = {}
     for report in reports:
@@ -45,7 +48,7 @@ def results_table(reports: list[Path], base: Path) -> str:
                     f"error: {path} has no final_verdict column: rebuild the report with python -m xgrad.report"
                 )
             for _, row in table.iterrows():
-                if pd.isna(row["predict_steps"]):
+                if pd.isna(row["predict_steps"]) or (steps is not None and row["predict_steps"] not in steps):
                     continue
                 scale = " (reduced)" if row["reduced_scale"] else ""
                 title = (
@@ -66,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path, help="report folders (python -m xgrad.report --out)")
     parser.add_argument("--base", type=Path, default=ROOT, help="links are relative to this folder (default: repo)")
+    parser.add_argument("--steps", type=float, nargs="+", default=None,
+                        help="only these prediction horizons s (default: all, a column each)")  # fmt: skip
     args = parser.parse_args(argv)
-    sys.stdout.write(results_table(args.reports, args.base))
+    sys.stdout.write(results_table(args.reports, args.base, args.steps))
     return 0
 
 

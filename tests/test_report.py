@@ -690,6 +690,8 @@ def test_results_table_gives_each_optimizer_its_verdict(report: Path, tmp_path: 
     assert sgdm.endswith("| not run | not run |")
     adamw = next(line for line in lines if line.startswith("| AdamW |"))
     assert "too few seeds: +2.00 pp" in adamw
+    only = script.results_table([report], base=report.parent, steps=[2.0]).splitlines()
+    assert only[0] == f"| optimizer | {columns[2]} |" and "| SGD | " in only[2]
     with pytest.raises(SystemExit, match=r"has no table_\*\.csv \(not a report folder"):
         script.results_table([tmp_path], base=tmp_path)  # 87.5 (2 seeds; one diverged) - 85.5
 
