@@ -17,7 +17,7 @@ from xgrad.tune import run_lr
 from .collect import Run
 from .figures import metric_curves
 from .labels import fmt_mean_std, metric_label
-from .tables import Table, diff_cell, row_groups, row_label
+from .tables import Table, diff_cell, mean_std, row_groups, row_label
 
 __all__ = ["horizon_frame", "horizon_table"]
 
@@ -61,7 +61,7 @@ def horizon_frame(runs: list[Run], sub: pd.DataFrame, comparisons: dict[float, p
         })  # fmt: skip
         for s, row in rows.items():
             with_ = group[group["predict"] & (group["steps"] == s)]
-            error, cosine = (_seed_means(runs, with_, c) for c in ("prediction_error", "prediction_cosine"))
+            error, cosine = (mean_std(_seed_means(runs, with_, c)) for c in ("prediction_error", "prediction_cosine"))
             out.append({
                 "optimizer": optimizer, "variant": variant, "steps": float(s), "lr": _lr(runs, with_),
                 "n": int(row["n_with"]), "diverged": int(row["diverged_with"]),
@@ -69,8 +69,7 @@ def horizon_frame(runs: list[Run], sub: pd.DataFrame, comparisons: dict[float, p
                 "final_diff": row["final_diff"], "final_ci_low": row["final_ci_low"],
                 "final_ci_high": row["final_ci_high"], "final_p_holm": row["final_p_holm"],
                 "final_verdict": row["final_verdict"],
-                "error_mean": error.mean(), "error_std": error.std(ddof=1) if len(error) > 1 else math.nan,
-                "cosine_mean": cosine.mean(), "cosine_std": cosine.std(ddof=1) if len(cosine) > 1 else math.nan,
+                "error_mean": error[0], "error_std": error[1], "cosine_mean": cosine[0], "cosine_std": cosine[1],
             })  # fmt: skip
     return pd.DataFrame(out)
 

@@ -29,6 +29,7 @@ __all__ = [
     "cost_table",
     "diff_cell",
     "holm",
+    "mean_std",
     "paired_test",
     "render",
     "row_groups",
@@ -116,7 +117,8 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
-def _stats(values: pd.Series) -> tuple[float, float]:
+def mean_std(values: pd.Series) -> tuple[float, float]:
+    """Mean and sample standard deviation of ``values``; NaN where there are too few (none; one for the std)."""
     mean = float(values.mean()) if len(values) else math.nan
     std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
     return mean, std
@@ -139,8 +141,8 @@ def comparison(sub: pd.DataFrame, steps: float | None, reference: pd.DataFrame |
             row[f"diverged_{side}"] = int((part["status"] == "diverged").sum())
         for what in ("final", "best"):
             a, b = _completed(without, what), _completed(with_, what)
-            row[f"{what}_without_mean"], row[f"{what}_without_std"] = _stats(a)
-            row[f"{what}_with_mean"], row[f"{what}_with_std"] = _stats(b)
+            row[f"{what}_without_mean"], row[f"{what}_without_std"] = mean_std(a)
+            row[f"{what}_with_mean"], row[f"{what}_with_std"] = mean_std(b)
             row[f"{what}_diff"] = row[f"{what}_with_mean"] - row[f"{what}_without_mean"]
             test = paired_test(b, a)
             row[f"{what}_p_value"], row[f"{what}_n_paired"], row[f"{what}_holds_up"] = test.p, test.n, test.words
