@@ -36,6 +36,7 @@ def results_table(reports: list[Path], base: Path, steps: list[float] | None = N
     """
     columns: dict[str, dict[str, str]] = {}
     order: dict[str, tuple] = {}
+    found: set[float] = set()  # the horizons the reports have
     for report in reports:
         tables = sorted(report.glob("table_*.csv"))
         if not tables:
@@ -48,7 +49,10 @@ def results_table(reports: list[Path], base: Path, steps: list[float] | None = N
                     f"error: {path} has no final_verdict column: rebuild the report with python -m xgrad.report"
                 )
             for _, row in table.iterrows():
-                if pd.isna(row["predict_steps"]) or (steps is not None and row["predict_steps"] not in steps):
+                if pd.isna(row["predict_steps"]):
+                    continue
+                found.add(float(row["predict_steps"]))
+                if steps is not None and row["predict_steps"] not in steps:
                     continue
                 scale = " (reduced)" if row["reduced_scale"] else ""
                 title = (
@@ -58,6 +62,9 @@ def results_table(reports: list[Path], base: Path, steps: list[float] | None = N
                 label = row_label(row["optimizer"], row["variant"] if isinstance(row["variant"], str) else "")
                 order[label] = optimizer_rank(row["optimizer"])
                 columns.setdefault(column, {})[label] = _cell(row)
+    if steps is not None and not columns:
+        have = ", ".join(f"{s:g}" for s in sorted(found)) or "none"
+        raise SystemExit(f"error: --steps {' '.join(f'{s:g}' for s in steps)}: no report has it (horizons s: {have})")
     labels = sorted(order, key=lambda label: (order[label], label))
     lines = ["| optimizer | " + " | ".join(columns) + " |", "|:--|" + ":--|" * len(columns)]
     for label in labels:

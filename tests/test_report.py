@@ -692,6 +692,8 @@ def test_results_table_gives_each_optimizer_its_verdict(report: Path, tmp_path: 
     assert "too few seeds: +2.00 pp" in adamw
     only = script.results_table([report], base=report.parent, steps=[2.0]).splitlines()
     assert only[0] == f"| optimizer | {columns[2]} |" and "| SGD | " in only[2]
+    with pytest.raises(SystemExit, match=r"--steps 3: no report has it \(horizons s: 1, 2\)"):
+        script.results_table([report], base=report.parent, steps=[3.0])
     with pytest.raises(SystemExit, match=r"has no table_\*\.csv \(not a report folder"):
         script.results_table([tmp_path], base=tmp_path)  # 87.5 (2 seeds; one diverged) - 85.5
 
