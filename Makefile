@@ -74,7 +74,7 @@ report: $(STAMP)
 
 # Rebuild the committed evidence reports from the committed run records (results/runs/<study>: records only).
 evidence-reports: $(STAMP)
-	for study in results/runs/*/; do name=$$(basename $$study); \
+	for study in results/runs/*/; do study=$${study%/}; name=$$(basename $$study); \
 		$(PY) -m xgrad.report $$study --out results/cpu_evidence_$$name || exit 1; done
 
 # Re-run one run of a committed report for one epoch and compare: make reproduce REPORT=results/<report> [ARGS=...]

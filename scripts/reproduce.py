@@ -88,9 +88,12 @@ def rerun_first_epoch(config: dict, args: argparse.Namespace, folder: Path) -> d
     try:
         while proc.poll() is None and not _has_an_epoch(metrics) and time.monotonic() < deadline:
             time.sleep(POLL_SECONDS)
-        if proc.poll() is None and int(config.get("epochs", 2)) > 1:  # a 1-epoch run is left to finish
+        stopped = proc.poll() is None and int(config.get("epochs", 2)) > 1  # a 1-epoch run is left to finish
+        if stopped:
             proc.send_signal(signal.SIGINT)  # stops as Ctrl-C does: the files of the finished epoch stay
         proc.wait(timeout=120)
+        if stopped:
+            print("(stopped by this check after its first epoch: the run's 'interrupted' lines above are expected)")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -37,6 +37,7 @@ def test_reproduce_a_committed_run(tmp_path: Path, capfd: pytest.CaptureFixture)
     assert reproduce([str(report), "--rtol", "1e-6"]) == 0
     out = capfd.readouterr().out
     assert "reproduced: all" in out and "train_loss" in out and "test_acc" in out
+    assert "stopped by this check after its first epoch" in out  # the child's "interrupted" is not a failure
 
     # launched in the background (SIGINT ignored, inherited by children) it still stops after the first epoch
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
