@@ -32,7 +32,7 @@ from xgrad.report.collect import (
 )
 from xgrad.report.figures import convergence_figure, prediction_error_figure
 from xgrad.report.reference import load_reference, match_reference
-from xgrad.report.tables import cost, cost_table, diff_cell, holm, paired_test, verdict
+from xgrad.report.tables import comparison, cost, cost_table, diff_cell, holm, paired_test, verdict
 from xgrad.report.wandb_source import load_wandb
 
 # ----------------------------------------------------------------------------------- synthetic run folders
@@ -553,8 +553,6 @@ def test_real_runs_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_reduced_scale_runs_are_not_compared_with_published_numbers(tmp_path: Path) -> None:
-    from xgrad.report.tables import comparison
-
     write_run(tmp_path / "full", optimizer="adabelief", curve=[0.9])
     write_run(tmp_path / "reduced", optimizer="adabelief", curve=[0.5], reduced_scale=True)
     for name, expected in (("full", 95.44), ("reduced", None)):
@@ -712,3 +710,46 @@ def test_verdict_follows_the_paired_seeds_not_the_unpaired_means(tmp_path: Path)
     assert row["final_diff"] == pytest.approx(52.1667 - 60.0, abs=1e-3)  # unpaired means: lower with prediction
     assert row["final_p_value"] == pytest.approx(stats.ttest_rel([52, 53, 51.5], [50, 50, 50]).pvalue)  # 0.039
     assert row["final_verdict"] == "helped; 1 more seed(s) diverged with prediction"
+
+
+def test_provenance_names_each_commit_a_resumed_run_ran_under() -> None:
+    from xgrad.report.build import _provenance
+
+    runs = [SimpleNamespace(summary={"git_commit": "b" * 40, "git_commits": ["a" * 40, "b" * 40], "seed": 0}),
+            SimpleNamespace(summary={"git_commit": "b" * 40, "git_commits": ["b" * 40], "seed": 1}),
+            SimpleNamespace(summary={"git_commit": "b" * 40, "seed": 2})]  # fmt: skip
+    line = _provenance(SimpleNamespace(runs=runs))[0]
+    assert f"code at commit {'b' * 7} (2 runs), {'a' * 7} then {'b' * 7} (1 run);" in line
+
+
+def test_two_prediction_methods_from_one_baseline_are_two_rows(tmp_path: Path) -> None:
+    """The optimizer's rule and extrapolation at the same s share the baseline's pair_id: they were averaged as one
+    row (6 "with" seeds, 3 per seed number); now each is its own row, compared with the shared baseline."""
+    finals = {"none": [0.50, 0.52, 0.51], "rule": [0.55, 0.56, 0.57], "extrapolate": [0.40, 0.41, 0.42]}
+    folders = []
+    for method, values in finals.items():
+        for seed, value in enumerate(values):
+            predict = method != "none"
+            overrides = "optimizer=adamw" + (",predict=true" if predict else "")
+            overrides += ",predict_method=extrapolate" if method == "extrapolate" else ""
+            folders.append(write_run(
+                tmp_path / method, optimizer="adamw", predict=predict, seed=seed, curve=[value], overrides=overrides,
+                pair_id="p", config_id=f"c-{method}", predict_method=None if method == "none" else method,
+            ))  # fmt: skip
+    sub = with_variants(runs_frame(collect(folders).runs))
+    table = comparison(sub, 1.0).set_index("variant")
+    assert list(table.index) == ["", "predict_method=extrapolate"]  # the rule, reached by default, keeps the name
+    assert table.loc["", "n_with"] == 3 and table.loc["predict_method=extrapolate", "n_with"] == 3
+    assert table.loc["", "n_without"] == table.loc["predict_method=extrapolate", "n_without"] == 3
+    assert table.loc["", "final_diff"] == pytest.approx(5.0)  # percent: 0.56 - 0.51
+    assert table.loc["predict_method=extrapolate", "final_diff"] == pytest.approx(-10.0)  # 0.41 - 0.51
+    assert table.loc["predict_method=extrapolate", "final_n_paired"] == 3
+    # both methods named in their overrides: both rows are named, and the baseline is no row of its own
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        if summary["predict"] and "predict_method" not in summary["overrides"]:
+            summary["overrides"] += ",predict_method=rule"
+            (folder / "summary.json").write_text(json.dumps(summary))
+    table = comparison(with_variants(runs_frame(collect(folders).runs)), 1.0).set_index("variant")
+    assert list(table.index) == ["predict_method=extrapolate", "predict_method=rule"]
+    assert (table["n_without"] == 3).all() and (table["n_with"] == 3).all()

@@ -629,3 +629,31 @@ def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path, mo
     assert len(ours) == 1 and "logging offline" in ours[0], ours
     assert list((tmp_path / "wandb").glob("offline-run-*"))
     server.close()
+
+
+def test_a_run_resumed_under_other_code_records_both_commits(tmp_path, monkeypatch):
+    """summary.json's git_commits lists the code that trained the run, oldest first, each once."""
+    import xgrad.trainer as trainer_module
+
+    cfg = make_cfg([*TINY, "epochs=3"])
+    folder = tmp_path / "run"
+    monkeypatch.setattr(trainer_module, "git_commit", lambda: "a" * 40)
+    train_killed_at(cfg, folder, monkeypatch, epoch=1)
+    assert read_summary(folder)["git_commits"] == ["a" * 40]
+    monkeypatch.setattr(trainer_module, "git_commit", lambda: "b" * 40)
+    train_killed_at(cfg, folder, monkeypatch, epoch=2)
+    train(cfg, folder)  # resumed again under the same code: b is not listed twice
+    summary = read_summary(folder)
+    assert summary["status"] == "completed" and summary["epochs_done"] == 3
+    assert summary["git_commits"] == ["a" * 40, "b" * 40] and summary["git_commit"] == "b" * 40
+
+    # A checkpoint from before the commits were kept: the killed run's summary says what trained it, if it can.
+    old = tmp_path / "old"
+    train_killed_at(cfg, old, monkeypatch, epoch=1)
+    state = torch.load(old / "checkpoint.pt", weights_only=False)
+    del state["progress"]["git_commits"]
+    torch.save(state, old / "checkpoint.pt")
+    summary = json.loads((old / "summary.json").read_text())
+    (old / "summary.json").write_text(json.dumps({**summary, "git_commit": "c" * 40}))
+    monkeypatch.setattr(trainer_module, "git_commit", lambda: "d" * 40)
+    assert train(cfg, old).summary["git_commits"] == ["c" * 40, "d" * 40]

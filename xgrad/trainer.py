@@ -115,6 +115,8 @@ class Progress:
     best_epoch: int | None = None
     wall_seconds: float = 0.0
     train_seconds: float = 0.0
+    # The code that trained the run, oldest first: a run resumed under another commit lists both.
+    git_commits: list[str | None] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------- the loop
@@ -414,6 +416,7 @@ class Trainer:
             best = rows[best_epoch - 1]
             summary.update({f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))})
         summary["best_epoch"] = best_epoch
+        summary["git_commits"] = progress.git_commits  # git_commit (base_summary) is this start's
         summary["predict_method"] = self.predictor.method if self.predictor else None  # "auto" resolved
         summary["best_selected_on"] = self.task.eval_splits[0]
         summary.update(
@@ -507,6 +510,15 @@ def train(cfg: DictConfig, folder: Path, overrides: str = "") -> RunResult:
         return _train(cfg, folder, overrides)
 
 
+def _commits_so_far(progress: Progress, previous: dict[str, Any] | None) -> list[str | None]:
+    """The commits that trained the run, this start's last (listed once however often it resumed under it)."""
+    commits = list(progress.git_commits)
+    if not commits and progress.epoch:  # a checkpoint from before they were kept: its summary knows (None: unknown)
+        commits = [previous.get("git_commit") if previous else None]
+    now = git_commit()
+    return commits if commits and commits[-1] == now else [*commits, now]
+
+
 def _train(cfg: DictConfig, folder: Path, overrides: str) -> RunResult:
     for path in remove_stale_temporaries(folder):
         log.info("removed %s, left by a write that was killed", path.name)
@@ -524,6 +536,7 @@ def _train(cfg: DictConfig, folder: Path, overrides: str) -> RunResult:
     elif not cfg.resume:  # start over: nothing of the earlier run stays beside the new one
         for name in (CHECKPOINT, METRICS):
             (folder / name).unlink(missing_ok=True)
+    trainer.progress.git_commits = _commits_so_far(trainer.progress, previous)
     main = trainer.dist.is_main
     if main and new_record:
         write_config(folder, OmegaConf.to_container(cfg, resolve=True))

@@ -316,8 +316,10 @@ def _provenance(collection: Collection) -> list[str]:
         return []
 
     def counted(key: str, short: int = 0) -> str:
-        values = pd.Series([str(s.get(key) or "unknown")[: short or None] for s in summaries]).value_counts()
-        return ", ".join(f"{value} ({n} runs)" if len(values) > 1 else value for value, n in values.items())
+        values = pd.Series([_value(s, key, short) for s in summaries]).value_counts()
+        if len(values) == 1:
+            return str(values.index[0])
+        return ", ".join(f"{value} ({n} run{'s' * (n > 1)})" for value, n in values.items())
 
     wall = sum(float(s.get("wall_seconds") or 0.0) for s in summaries) / 3600
     train = sum(float(s.get("train_seconds") or 0.0) for s in summaries) / 3600
@@ -328,6 +330,14 @@ def _provenance(collection: Collection) -> list[str]:
         f"launched side by side overlap in it), {train:.2f} h of it training.",
         "",
     ]
+
+
+def _value(summary: dict, key: str, short: int = 0) -> str:
+    """A summary's ``key`` as provenance shows it; a run resumed under other code shows each commit, oldest first."""
+    commits = summary.get("git_commits") if key == "git_commit" else None
+    if isinstance(commits, list) and len(commits) > 1:
+        return " then ".join(str(c or "unknown")[: short or None] for c in commits)
+    return str(summary.get(key) or "unknown")[: short or None]
 
 
 def _runs_used(frame: pd.DataFrame) -> list[str]:

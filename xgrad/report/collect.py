@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from xgrad.identity import config_id, identity, pair_id
+from xgrad.identity import PREDICTION_KEYS, config_id, identity, pair_id
 from xgrad.rundir import CONFIG, METRICS, SCHEMA_VERSION, SUMMARY
 
 __all__ = [
@@ -40,6 +40,9 @@ USED_STATUSES = ("completed", "diverged")
 REQUIRED_KEYS = ("status", "dataset", "model", "optimizer", "predict", "predict_steps", "seed")
 # Override keys that are columns of their own (or, for seed, what a group averages over), not part of the variant.
 NON_VARIANT_KEYS = {"seed", "optimizer", "predict", "predict_steps", "dataset", "model"}
+# How a run predicts, beyond on/off and s: not part of pair_id, so they name variants only where runs differ in them.
+PREDICTION_ONLY = tuple(k for k in PREDICTION_KEYS if k not in ("predict", "predict_steps"))
+FLAVOUR_KEYS = tuple(k for k in PREDICTION_ONLY if k != "prediction_error_every")  # those that change training
 
 
 class ReportError(Exception):
@@ -364,13 +367,29 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if not frame.empty:
         kinds = list(zip(frame["dataset"], frame["model"], frame["reduced_scale"], frame["optimizer"]))
-        frame["extra"] = _extra_by_identity(frame["extra"].tolist(), [r.summary.get("pair_id") for r in runs], kinds)
+        frame["pair_id"] = [r.summary.get("pair_id") for r in runs]
+        flavours = [prediction_flavour(r) for r in runs]
+        frame["extra"] = _extra_by_identity(frame["extra"].tolist(), frame["pair_id"].tolist(), kinds, flavours)
         frame["group"] = [group_label(row) for row in frame.itertuples()]
     return frame
 
 
+def prediction_flavour(run: Run) -> dict[str, Any] | None:
+    """How a run predicted, beyond on/off and the horizon (None without prediction): the resolved method and the
+    other prediction-only settings its configuration records (``xgrad.identity.PREDICTION_KEYS``)."""
+    if not run.summary["predict"]:
+        return None
+    flavour = {k: run.config[k] for k in FLAVOUR_KEYS if k in run.config}
+    if run.summary.get("predict_method"):  # "auto" resolved to what ran
+        flavour["predict_method"] = run.summary["predict_method"]
+    return flavour
+
+
 def _extra_by_identity(
-    extras: list[tuple[str, ...]], pair_ids: list[str | None], kinds: list[tuple]
+    extras: list[tuple[str, ...]],
+    pair_ids: list[str | None],
+    kinds: list[tuple],
+    flavours: list[dict[str, Any] | None],
 ) -> list[tuple[str, ...]]:
     """The overrides that name each run's variant, made to follow identity (``pair_id``, when recorded).
 
@@ -379,12 +398,20 @@ def _extra_by_identity(
     optimizer: a preset edited between them) get the identity's short hash added, so they are never averaged or
     paired together. Different optimizers or settings have different identities anyway and are told apart by
     their own columns.
+
+    Runs that predicted differently from the same baseline (``predict_method=extrapolate`` beside the optimizer's
+    rule) share the baseline's ``pair_id``; the settings that tell them apart (``flavours``) are added to the names
+    of all but the flavour its runs reached with the default settings, so they are never averaged together and each
+    is compared with the shared baseline (:func:`xgrad.report.tables.row_groups`).
     """
+    own = [tuple(t for t in extra if _key(t) not in PREDICTION_ONLY) if pid else extra
+           for extra, pid in zip(extras, pair_ids)]  # fmt: skip
     first: dict[str, tuple[str, ...]] = {}
-    for extra, pid in zip(extras, pair_ids):
+    for extra, pid in zip(own, pair_ids):
         if pid:
             first.setdefault(pid, extra)
-    named = [first[pid] if pid else extra for extra, pid in zip(extras, pair_ids)]
+    named = [first[pid] if pid else extra for extra, pid in zip(own, pair_ids)]
+    named = [(*name, *suffix) for name, suffix in zip(named, _flavour_names(extras, pair_ids, kinds, flavours))]
     owners: dict[tuple, set[str | None]] = {}
     for extra, pid, kind in zip(named, pair_ids, kinds):
         owners.setdefault((kind, extra), set()).add(pid)
@@ -392,6 +419,39 @@ def _extra_by_identity(
         (*extra, f"config {pid[:6]}") if pid and len(owners[(kind, extra)]) > 1 else extra
         for extra, pid, kind in zip(named, pair_ids, kinds)
     ]
+
+
+def _key(override: str) -> str:
+    return re.sub(r"^[+~]+", "", override.split("=", 1)[0])
+
+
+def _flavour_names(
+    extras: list[tuple[str, ...]], pair_ids: list[str | None], kinds: list[tuple], flavours: list[dict | None]
+) -> list[tuple[str, ...]]:
+    """Per run, the ``key=value`` items that tell its prediction apart from the others of its ``pair_id``."""
+    by_pair: dict[tuple, list[int]] = {}
+    for i, (pid, flavour) in enumerate(zip(pair_ids, flavours)):
+        if pid and flavour is not None:
+            by_pair.setdefault((kinds[i], pid), []).append(i)
+    names: list[tuple[str, ...]] = [() for _ in extras]
+    for members in by_pair.values():
+        keys = sorted({k for i in members for k in flavours[i]})
+        # a key some runs do not record (an older or W&B-only config) is compared among those that do
+        differing = [k for k in keys if len({repr(flavours[i][k]) for i in members if k in flavours[i]}) > 1]
+        if not differing:
+            continue
+        # The flavour reached without prediction-only overrides keeps the plain name (when exactly one such exists).
+        plain = {repr(sorted(flavours[i].items())) for i in members
+                 if not any(_key(t) in FLAVOUR_KEYS for t in extras[i])}  # fmt: skip
+        for i in members:
+            if len(plain) == 1 and repr(sorted(flavours[i].items())) in plain:
+                continue
+            names[i] = tuple(f"{k}={_value_text(flavours[i].get(k, '?'))}" for k in differing)
+    return names
+
+
+def _value_text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
 def _per_epoch(seconds: Any, epochs: Any) -> float:
