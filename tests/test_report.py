@@ -689,9 +689,16 @@ def test_results_table_gives_each_optimizer_its_verdict(report: Path, tmp_path: 
     adamw = next(line for line in lines if line.startswith("| AdamW |"))
     assert "too few seeds: +2.00 pp" in adamw
     only = script.results_table([report], base=report.parent, steps=[2.0]).splitlines()
-    assert only[0] == f"| optimizer | {columns[2]} |" and "| SGD | " in only[2]
-    with pytest.raises(SystemExit, match=r"--steps 3: no report has it \(horizons s: 1, 2\)"):
+    # only Adam ran s=2: SGD, without prediction only, is no row (it read "too few seeds: —" before)
+    assert only[0] == f"| optimizer | {columns[2]} |" and len(only) == 3 and only[2].startswith("| Adam | ")
+    one = script.results_table([report], base=report.parent, optimizers=["sgdm"]).splitlines()
+    assert one[0] == f"| optimizer | {columns[0]} |" and one[2:] == ["| SGDM | helped: +1.23 [+0.09, +2.38] pp |"]
+    with pytest.raises(SystemExit, match=r"--steps 3: no report has it \(horizons s: 1, 2; optimizers: adam, "):
         script.results_table([report], base=report.parent, steps=[3.0])
+    with pytest.raises(SystemExit, match=r"--optimizers nadam: no report has it \(optimizers: adam, adamw, sgdm"):
+        script.results_table([report], base=report.parent, optimizers=["nadam"])
+    with pytest.raises(SystemExit, match=r"--steps 2 --optimizers sgdm: no report has it"):
+        script.results_table([report], base=report.parent, steps=[2.0], optimizers=["sgdm"])
     with pytest.raises(SystemExit, match=r"has no table_\*\.csv \(not a report folder"):
         script.results_table([tmp_path], base=tmp_path)  # 87.5 (2 seeds; one diverged) - 85.5
 
