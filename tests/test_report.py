@@ -746,6 +746,7 @@ def test_two_prediction_methods_from_one_baseline_are_two_rows(tmp_path: Path) -
     sub = with_variants(runs_frame(collect(folders).runs))
     table = comparison(sub, 1.0).set_index("variant")
     assert list(table.index) == ["", "predict_method=extrapolate"]  # the rule, reached by default, keeps the name
+    assert "predict_method=extrapolate" in sub.loc[sub["variant"] != "", "group"].iloc[0]
     assert table.loc["", "n_with"] == 3 and table.loc["predict_method=extrapolate", "n_with"] == 3
     assert table.loc["", "n_without"] == table.loc["predict_method=extrapolate", "n_without"] == 3
     assert table.loc["", "final_diff"] == pytest.approx(5.0)  # percent: 0.56 - 0.51
@@ -760,3 +761,60 @@ def test_two_prediction_methods_from_one_baseline_are_two_rows(tmp_path: Path) -
     table = comparison(with_variants(runs_frame(collect(folders).runs)), 1.0).set_index("variant")
     assert list(table.index) == ["predict_method=extrapolate", "predict_method=rule"]
     assert (table["n_without"] == 3).all() and (table["n_with"] == 3).all()
+
+
+def test_one_computation_spelled_two_ways_is_one_seed(tmp_path: Path) -> None:
+    """predict_method=auto and =rule (AdamW: the rule), or another prediction_error_every, are other config_ids
+    but the same numbers: one seed each (the newer), not two seeds of one number each (the report crashed)."""
+    folders = []
+    for name, overrides, predict in (
+        ("none", "optimizer=adamw", False),
+        ("auto", "optimizer=adamw,predict=true", True),
+        ("rule", "optimizer=adamw,predict=true,predict_method=rule", True),
+        ("quiet", "optimizer=adamw,predict=true,prediction_error_every=0", True),
+    ):
+        for seed in range(3):
+            folders.append(write_run(
+                tmp_path / name, optimizer="adamw", predict=predict, seed=seed, curve=[0.5 + 0.01 * seed],
+                overrides=overrides, pair_id="p", config_id=f"c-{name}", predict_method="rule" if predict else None,
+            ))  # fmt: skip
+    collection = drop_duplicate_seeds(collect(folders))
+    assert len(collection.runs) == 6 and len(collection.skipped) == 6
+    assert all("duplicate: seed" in s.reason for s in collection.skipped)
+    table = comparison(with_variants(runs_frame(collection.runs)), 1.0)
+    assert table["variant"].tolist() == [""] and table.loc[0, "n_with"] == 3 and table.loc[0, "final_n_paired"] == 3
+
+
+def test_a_prediction_setting_only_the_config_records_names_its_row(tmp_path: Path) -> None:
+    """predict_weight_decay=true (in config.yaml, not in the summary) beside the default: two rows."""
+    folders = []
+    for name, predict in (("none", False), ("plain", True), ("decay", True)):
+        for seed in range(3):
+            overrides = "optimizer=adamw" + (",predict=true" if predict else "")
+            overrides += ",predict_weight_decay=true" if name == "decay" else ""
+            folder = write_run(tmp_path / name, optimizer="adamw", predict=predict, seed=seed, curve=[0.5],
+                               overrides=overrides, pair_id="p", config_id=f"c-{name}")  # fmt: skip
+            config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+            if name == "decay":
+                config["predict_weight_decay"] = True
+            (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+            folders.append(folder)
+    table = comparison(with_variants(runs_frame(collect(folders).runs)), 1.0).set_index("variant")
+    assert list(table.index) == ["", "predict_weight_decay=true"] and (table["n_without"] == 3).all()
+
+
+def test_rows_borrow_a_baseline_only_for_another_way_of_predicting() -> None:
+    """A row of predicted runs alone (another variant: an lr tuned elsewhere) is not given a baseline of another
+    row that shares its pair_id; a row that only predicted differently is given its own row's baseline."""
+    from xgrad.report.tables import row_groups
+
+    def rows(variant: str, base: str, predict: bool, n: int = 2) -> list[dict]:
+        return [{"optimizer": "adamw", "variant": variant, "base_variant": base, "predict": predict, "steps": 1.0,
+                 "pair_id": "p", "seed": seed} for seed in range(n)]  # fmt: skip
+
+    sub = pd.DataFrame([*rows("", "", False), *rows("lr tuned: x", "lr tuned: x", True),
+                        *rows("predict_method=extrapolate", "", True)])  # fmt: skip
+    groups = {variant: runs for (_, variant), runs in row_groups(sub)}
+    assert set(groups) == {"lr tuned: x", "predict_method=extrapolate"}  # the baseline's own row: all shared
+    assert not (~groups["lr tuned: x"]["predict"]).any()
+    assert (~groups["predict_method=extrapolate"]["predict"]).sum() == 2

@@ -654,6 +654,9 @@ def test_a_run_resumed_under_other_code_records_both_commits(tmp_path, monkeypat
     del state["progress"]["git_commits"]
     torch.save(state, old / "checkpoint.pt")
     summary = json.loads((old / "summary.json").read_text())
+    summary.pop("git_commits")  # as the older version wrote it
     (old / "summary.json").write_text(json.dumps({**summary, "git_commit": "c" * 40}))
     monkeypatch.setattr(trainer_module, "git_commit", lambda: "d" * 40)
-    assert train(cfg, old).summary["git_commits"] == ["c" * 40, "d" * 40]
+    train_killed_at(cfg, old, monkeypatch, epoch=1)  # killed again before its first checkpoint under d
+    assert read_summary(old)["git_commits"] == ["c" * 40, "d" * 40]  # and its summary now says d ...
+    assert train(cfg, old).summary["git_commits"] == ["c" * 40, "d" * 40]  # ... but c trained epoch 1

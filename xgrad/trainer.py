@@ -514,7 +514,9 @@ def _commits_so_far(progress: Progress, previous: dict[str, Any] | None) -> list
     """The commits that trained the run, this start's last (listed once however often it resumed under it)."""
     commits = list(progress.git_commits)
     if not commits and progress.epoch:  # a checkpoint from before they were kept: its summary knows (None: unknown)
-        commits = [previous.get("git_commit") if previous else None]
+        # (a start killed before its first checkpoint already wrote its own commit there, after the list)
+        recorded = (previous or {}).get("git_commits")
+        commits = list(recorded) if isinstance(recorded, list) and recorded else [(previous or {}).get("git_commit")]
     now = git_commit()
     return commits if commits and commits[-1] == now else [*commits, now]
 

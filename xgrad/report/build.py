@@ -60,10 +60,14 @@ def write_table(out: Path, stem: str, heading: str, table: Table, numbers: pd.Da
 
 
 def with_variants(sub: pd.DataFrame) -> pd.DataFrame:
-    """``sub`` with a ``variant`` column: the overrides of each run that not every run in ``sub`` shares."""
+    """``sub`` with a ``variant`` column: the overrides of each run that not every run in ``sub`` shares, then
+    how it predicted where that sets it apart from other runs of its baseline (``flavour``); ``base_variant``
+    without the latter (the row of its baseline)."""
     common = set.intersection(*(set(e) for e in sub["extra"])) if len(sub) else set()
     out = sub.copy()
-    out["variant"] = [", ".join(t for t in extra if t not in common) for extra in sub["extra"]]
+    out["base_variant"] = [", ".join(t for t in extra if t not in common) for extra in sub["extra"]]
+    flavours = sub["flavour"] if "flavour" in sub else [()] * len(sub)
+    out["variant"] = [", ".join(t for t in (base, *how) if t) for base, how in zip(out["base_variant"], flavours)]
     return out
 
 
@@ -235,7 +239,8 @@ def _build(
         if not numbers.empty:
             table = cost_table(numbers, set(frame["device"]))
             cost_files, cost_markdown = write_table(out, "cost", "Cost of weight prediction", table, numbers)
-        runs_csv = pd.concat(parts).drop(columns=["run"]).assign(extra=lambda f: f["extra"].map(", ".join))
+        runs_csv = pd.concat(parts).drop(columns=["run"])
+        runs_csv = runs_csv.assign(extra=runs_csv["extra"].map(", ".join), flavour=runs_csv["flavour"].map(", ".join))
         write_text(out / "runs.csv", runs_csv.to_csv(index=False))
         used = pd.concat(parts)  # per-epoch metrics and configurations: what scripts/reproduce.py checks against
         write_text(out / EPOCHS, epochs_frame(collection.runs, used).to_csv(index=False))

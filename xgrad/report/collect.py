@@ -42,7 +42,9 @@ REQUIRED_KEYS = ("status", "dataset", "model", "optimizer", "predict", "predict_
 NON_VARIANT_KEYS = {"seed", "optimizer", "predict", "predict_steps", "dataset", "model"}
 # How a run predicts, beyond on/off and s: not part of pair_id, so they name variants only where runs differ in them.
 PREDICTION_ONLY = tuple(k for k in PREDICTION_KEYS if k not in ("predict", "predict_steps"))
-FLAVOUR_KEYS = tuple(k for k in PREDICTION_ONLY if k != "prediction_error_every")  # those that change training
+# Those that change what a predicted run computes, at their defaults (conf/config.yaml; a config that does not
+# record one, e.g. an older or W&B-only one, ran it at the default). prediction_error_every only measures.
+FLAVOUR_DEFAULTS: dict[str, Any] = {"predict_method": "auto", "predict_weight_decay": False}
 
 
 class ReportError(Exception):
@@ -251,7 +253,7 @@ def drop_duplicate_seeds(collection: Collection) -> Collection:
     """Keep one run per (group, seed): the most recently written; the others are listed as skipped."""
     latest: dict[tuple, Run] = {}
     for run in collection.runs:
-        key = (*group_key(run.summary), run.summary["seed"])
+        key = seed_key(run)
         if key not in latest or run.mtime > latest[key].mtime:
             latest[key] = run
     chosen = {id(run) for run in latest.values()}  # identity: Run holds DataFrames, so == is not usable
@@ -260,7 +262,7 @@ def drop_duplicate_seeds(collection: Collection) -> Collection:
         Skipped(
             r.source,
             f"duplicate: seed {r.summary['seed']} of this configuration is also in "
-            f"{latest[(*group_key(r.summary), r.summary['seed'])].source} (newer, used)",
+            f"{latest[seed_key(r)].source} (newer, used)",
         )
         for r in collection.runs
         if id(r) not in chosen
@@ -300,6 +302,19 @@ def extra_overrides(overrides: str) -> tuple[str, ...]:
         if key not in NON_VARIANT_KEYS:
             kept.append(item)
     return tuple(sorted(kept))
+
+
+def seed_key(run: Run) -> tuple:
+    """What one seed of one computation is: runs with the same key computed the same numbers.
+
+    Its baseline's identity (``pair_id``), prediction on/off, the horizon and how it predicted (method resolved:
+    ``predict_method=auto`` and ``=rule`` are one computation; ``prediction_error_every`` only measures) and the
+    seed; summaries without ``pair_id`` fall back to :func:`group_key`.
+    """
+    s = run.summary
+    if s.get("pair_id"):
+        return ("pair_id", s["pair_id"], s["predict"], s["predict_steps"], prediction_flavour(run), s["seed"])
+    return (*group_key(s), s["seed"])
 
 
 def group_key(summary: dict[str, Any]) -> tuple:
@@ -369,27 +384,26 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
         kinds = list(zip(frame["dataset"], frame["model"], frame["reduced_scale"], frame["optimizer"]))
         frame["pair_id"] = [r.summary.get("pair_id") for r in runs]
         flavours = [prediction_flavour(r) for r in runs]
-        frame["extra"] = _extra_by_identity(frame["extra"].tolist(), frame["pair_id"].tolist(), kinds, flavours)
+        frame["flavour"] = _flavour_names(frame["extra"].tolist(), frame["pair_id"].tolist(), kinds, flavours)
+        frame["extra"] = _extra_by_identity(frame["extra"].tolist(), frame["pair_id"].tolist(), kinds)
         frame["group"] = [group_label(row) for row in frame.itertuples()]
     return frame
 
 
-def prediction_flavour(run: Run) -> dict[str, Any] | None:
-    """How a run predicted, beyond on/off and the horizon (None without prediction): the resolved method and the
-    other prediction-only settings its configuration records (``xgrad.identity.PREDICTION_KEYS``)."""
+def prediction_flavour(run: Run) -> tuple[tuple[str, Any], ...] | None:
+    """How a run predicted beyond on/off and the horizon (None without prediction): the method as resolved (what
+    ``auto`` ran) and the other settings of ``FLAVOUR_DEFAULTS``, a setting its config does not record at its
+    default."""
     if not run.summary["predict"]:
         return None
-    flavour = {k: run.config[k] for k in FLAVOUR_KEYS if k in run.config}
-    if run.summary.get("predict_method"):  # "auto" resolved to what ran
+    flavour = {k: run.config.get(k, default) for k, default in FLAVOUR_DEFAULTS.items()}
+    if run.summary.get("predict_method"):
         flavour["predict_method"] = run.summary["predict_method"]
-    return flavour
+    return tuple(sorted(flavour.items()))
 
 
 def _extra_by_identity(
-    extras: list[tuple[str, ...]],
-    pair_ids: list[str | None],
-    kinds: list[tuple],
-    flavours: list[dict[str, Any] | None],
+    extras: list[tuple[str, ...]], pair_ids: list[str | None], kinds: list[tuple]
 ) -> list[tuple[str, ...]]:
     """The overrides that name each run's variant, made to follow identity (``pair_id``, when recorded).
 
@@ -397,12 +411,7 @@ def _extra_by_identity(
     differently; runs of different identities that the same overrides name within one ``kind`` (setting and
     optimizer: a preset edited between them) get the identity's short hash added, so they are never averaged or
     paired together. Different optimizers or settings have different identities anyway and are told apart by
-    their own columns.
-
-    Runs that predicted differently from the same baseline (``predict_method=extrapolate`` beside the optimizer's
-    rule) share the baseline's ``pair_id``; the settings that tell them apart (``flavours``) are added to the names
-    of all but the flavour its runs reached with the default settings, so they are never averaged together and each
-    is compared with the shared baseline (:func:`xgrad.report.tables.row_groups`).
+    their own columns. How a run predicted is no part of this name (see :func:`_flavour_names`).
     """
     own = [tuple(t for t in extra if _key(t) not in PREDICTION_ONLY) if pid else extra
            for extra, pid in zip(extras, pair_ids)]  # fmt: skip
@@ -411,7 +420,6 @@ def _extra_by_identity(
         if pid:
             first.setdefault(pid, extra)
     named = [first[pid] if pid else extra for extra, pid in zip(own, pair_ids)]
-    named = [(*name, *suffix) for name, suffix in zip(named, _flavour_names(extras, pair_ids, kinds, flavours))]
     owners: dict[tuple, set[str | None]] = {}
     for extra, pid, kind in zip(named, pair_ids, kinds):
         owners.setdefault((kind, extra), set()).add(pid)
@@ -426,27 +434,28 @@ def _key(override: str) -> str:
 
 
 def _flavour_names(
-    extras: list[tuple[str, ...]], pair_ids: list[str | None], kinds: list[tuple], flavours: list[dict | None]
+    extras: list[tuple[str, ...]], pair_ids: list[str | None], kinds: list[tuple], flavours: list[tuple | None]
 ) -> list[tuple[str, ...]]:
-    """Per run, the ``key=value`` items that tell its prediction apart from the others of its ``pair_id``."""
+    """Per run, the ``key=value`` items that tell its prediction apart from other runs of its baseline.
+
+    Runs that predicted differently from one baseline (``predict_method=extrapolate`` beside the optimizer's rule)
+    share its ``pair_id``. Where they do, every flavour but the one reached without prediction-only overrides gets
+    the settings that differ as its name, so they are never averaged together; each is compared with the shared
+    baseline (:func:`xgrad.report.tables.row_groups`). Empty for all other runs.
+    """
     by_pair: dict[tuple, list[int]] = {}
     for i, (pid, flavour) in enumerate(zip(pair_ids, flavours)):
         if pid and flavour is not None:
             by_pair.setdefault((kinds[i], pid), []).append(i)
     names: list[tuple[str, ...]] = [() for _ in extras]
     for members in by_pair.values():
-        keys = sorted({k for i in members for k in flavours[i]})
-        # a key some runs do not record (an older or W&B-only config) is compared among those that do
-        differing = [k for k in keys if len({repr(flavours[i][k]) for i in members if k in flavours[i]}) > 1]
-        if not differing:
+        if len({flavours[i] for i in members}) == 1:
             continue
-        # The flavour reached without prediction-only overrides keeps the plain name (when exactly one such exists).
-        plain = {repr(sorted(flavours[i].items())) for i in members
-                 if not any(_key(t) in FLAVOUR_KEYS for t in extras[i])}  # fmt: skip
+        differing = [k for k, _ in flavours[members[0]] if len({dict(flavours[i])[k] for i in members}) > 1]
+        plain = {flavours[i] for i in members if not any(_key(t) in FLAVOUR_DEFAULTS for t in extras[i])}
         for i in members:
-            if len(plain) == 1 and repr(sorted(flavours[i].items())) in plain:
-                continue
-            names[i] = tuple(f"{k}={_value_text(flavours[i].get(k, '?'))}" for k in differing)
+            if len(plain) != 1 or flavours[i] not in plain:
+                names[i] = tuple(f"{k}={_value_text(dict(flavours[i])[k])}" for k in differing)
     return names
 
 
@@ -472,4 +481,4 @@ def _scaled(value: Any, scale: float) -> float:
 def group_label(row: Any) -> str:
     """A readable name for a seed group, e.g. ``cifar10/resnet34/sgdm, prediction s=1, epochs=3``."""
     prediction = f"prediction s={row.steps:g}" if row.predict else "no prediction"
-    return ", ".join([f"{row.dataset}/{row.model}/{row.optimizer}", prediction, *row.extra])
+    return ", ".join([f"{row.dataset}/{row.model}/{row.optimizer}", prediction, *row.extra, *row.flavour])

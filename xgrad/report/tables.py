@@ -49,21 +49,21 @@ MIN_PAIRED = 3  # fewer matching seeds than this: no test, said so plainly
 def row_groups(sub: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
     """The table rows of one setting: (optimizer, variant) groups in README optimizer order.
 
-    Runs that predicted in another way than their baseline's other runs (``predict_method=extrapolate``: a variant
-    of their own, see :func:`xgrad.report.collect.runs_frame`) get that baseline (same ``pair_id``) added to their
-    group; a group of baseline runs all of which are so shared, with no predicted runs of its own, is no row.
+    Runs that predicted in another way than the rest of their baseline's runs (``predict_method=extrapolate``: a
+    variant of its own, see :func:`xgrad.report.build.with_variants`) get that baseline (its ``base_variant``)
+    added to their row; a row of baseline runs all of which are so shared, with no predicted runs of its own, is
+    no row.
     """
     groups = dict(list(sub.groupby(["optimizer", "variant"], sort=False)))
-    baselines = sub[~sub["predict"]]
     shared: set = set()
-    if "pair_id" in sub:
-        for key, runs in groups.items():
-            if runs["predict"].all():
-                same = baselines["pair_id"].isin(runs["pair_id"].dropna())
-                found = baselines[same & (baselines["optimizer"] == key[0])]
-                if not found.empty:
-                    groups[key] = pd.concat([found, runs])
-                    shared |= set(found.index)
+    if "base_variant" in sub:
+        baselines = sub[~sub["predict"]]
+        for (optimizer, variant), runs in groups.items():
+            base = runs["base_variant"].iloc[0]
+            if base != variant and runs["predict"].all():
+                found = baselines[(baselines["optimizer"] == optimizer) & (baselines["base_variant"] == base)]
+                groups[(optimizer, variant)] = pd.concat([found, runs])
+                shared |= set(found.index)
     kept = [(k, r) for k, r in groups.items() if r["predict"].any() or not set(r.index) <= shared]
     return sorted(kept, key=lambda item: (optimizer_rank(item[0][0]), item[0][1]))
 
