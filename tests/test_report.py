@@ -752,15 +752,31 @@ def test_two_prediction_methods_from_one_baseline_are_two_rows(tmp_path: Path) -
     assert table.loc["", "final_diff"] == pytest.approx(5.0)  # percent: 0.56 - 0.51
     assert table.loc["predict_method=extrapolate", "final_diff"] == pytest.approx(-10.0)  # 0.41 - 0.51
     assert table.loc["predict_method=extrapolate", "final_n_paired"] == 3
-    # both methods named in their overrides: both rows are named, and the baseline is no row of its own
+    # the rule named in its overrides too: still AdamW's default (its registry entry), so still the plain row
     for folder in folders:
         summary = json.loads((folder / "summary.json").read_text())
         if summary["predict"] and "predict_method" not in summary["overrides"]:
             summary["overrides"] += ",predict_method=rule"
             (folder / "summary.json").write_text(json.dumps(summary))
     table = comparison(with_variants(runs_frame(collect(folders).runs)), 1.0).set_index("variant")
-    assert list(table.index) == ["predict_method=extrapolate", "predict_method=rule"]
-    assert (table["n_without"] == 3).all() and (table["n_with"] == 3).all()
+    assert list(table.index) == ["", "predict_method=extrapolate"] and (table["n_with"] == 3).all()
+    # extrapolation alone still says so, beside its baseline (which is then no row of its own)
+    alone = [f for f in folders if not f.is_relative_to(tmp_path / "rule")]
+    table = comparison(with_variants(runs_frame(collect(alone).runs)), 1.0).set_index("variant")
+    assert list(table.index) == ["predict_method=extrapolate"] and table["final_n_paired"].tolist() == [3]
+    # an optimizer the registry does not know: the way its runs without such overrides predicted is the plain one
+    other = []
+    for method in ("none", "rule", "extrapolate"):
+        for seed in range(3):
+            overrides = "optimizer=mine" + (",predict=true" if method != "none" else "")
+            overrides += ",predict_method=extrapolate" if method == "extrapolate" else ""
+            other.append(write_run(
+                tmp_path / "mine" / method, optimizer="mine", predict=method != "none", seed=seed, curve=[0.5],
+                overrides=overrides, pair_id="q", config_id=f"m-{method}",
+                predict_method=None if method == "none" else method,
+            ))  # fmt: skip
+    table = comparison(with_variants(runs_frame(collect(other).runs)), 1.0).set_index("variant")
+    assert list(table.index) == ["", "predict_method=extrapolate"] and (table["n_without"] == 3).all()
 
 
 def test_one_computation_spelled_two_ways_is_one_seed(tmp_path: Path) -> None:

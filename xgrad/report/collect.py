@@ -23,6 +23,8 @@ import yaml
 from xgrad.identity import PREDICTION_KEYS, config_id, identity, pair_id
 from xgrad.rundir import CONFIG, METRICS, SCHEMA_VERSION, SUMMARY
 
+from .labels import default_prediction
+
 __all__ = [
     "Collection",
     "ReportError",
@@ -399,6 +401,8 @@ def prediction_flavour(run: Run) -> tuple[tuple[str, Any], ...] | None:
     flavour = {k: run.config.get(k, default) for k, default in FLAVOUR_DEFAULTS.items()}
     if run.summary.get("predict_method"):
         flavour["predict_method"] = run.summary["predict_method"]
+    elif flavour["predict_method"] == "auto":  # a summary from before it recorded what auto ran
+        flavour["predict_method"] = default_prediction(run.summary["optimizer"]) or "auto"
     return tuple(sorted(flavour.items()))
 
 
@@ -436,27 +440,38 @@ def _key(override: str) -> str:
 def _flavour_names(
     extras: list[tuple[str, ...]], pair_ids: list[str | None], kinds: list[tuple], flavours: list[tuple | None]
 ) -> list[tuple[str, ...]]:
-    """Per run, the ``key=value`` items that tell its prediction apart from other runs of its baseline.
+    """Per run, the ``key=value`` items that tell how it predicted where that is not the default.
 
-    Runs that predicted differently from one baseline (``predict_method=extrapolate`` beside the optimizer's rule)
-    share its ``pair_id``. Where they do, every flavour but the one reached without prediction-only overrides gets
-    the settings that differ as its name, so they are never averaged together; each is compared with the shared
-    baseline (:func:`xgrad.report.tables.row_groups`). Empty for all other runs.
+    The default is what the optimizer's registry entry runs with ``predict_method=auto`` and the other settings at
+    their defaults (for an optimizer not registered here: the one way its runs without prediction-only overrides
+    predicted). Runs that predicted otherwise (``predict_method=extrapolate`` for AdamW) share their baseline's
+    ``pair_id`` but are named by the settings that differ, so they are never averaged with the default's runs and
+    each is compared with the shared baseline (:func:`xgrad.report.tables.row_groups`). Empty for all other runs.
     """
     by_pair: dict[tuple, list[int]] = {}
     for i, (pid, flavour) in enumerate(zip(pair_ids, flavours)):
         if pid and flavour is not None:
             by_pair.setdefault((kinds[i], pid), []).append(i)
     names: list[tuple[str, ...]] = [() for _ in extras]
-    for members in by_pair.values():
-        if len({flavours[i] for i in members}) == 1:
-            continue
-        differing = [k for k, _ in flavours[members[0]] if len({dict(flavours[i])[k] for i in members}) > 1]
-        plain = {flavours[i] for i in members if not any(_key(t) in FLAVOUR_DEFAULTS for t in extras[i])}
+    for (kind, _), members in by_pair.items():
+        default = _default_flavour(kind[3], [(flavours[i], extras[i]) for i in members])
         for i in members:
-            if len(plain) != 1 or flavours[i] not in plain:
-                names[i] = tuple(f"{k}={_value_text(dict(flavours[i])[k])}" for k in differing)
+            if default is not None and flavours[i] != default:
+                names[i] = tuple(f"{k}={_value_text(v)}" for k, v in flavours[i] if dict(default)[k] != v)
+            elif default is None:  # no default known and several ways: each is named by what differs
+                differing = {k for k, _ in flavours[i] if len({dict(flavours[j])[k] for j in members}) > 1}
+                names[i] = tuple(f"{k}={_value_text(v)}" for k, v in flavours[i] if k in differing)
     return names
+
+
+def _default_flavour(optimizer: str, runs: list[tuple[tuple, tuple[str, ...]]]) -> tuple | None:
+    """The flavour that predicting with the default settings gives ``optimizer`` (see :func:`_flavour_names`)."""
+    method = default_prediction(optimizer)
+    if method is not None:
+        return tuple(sorted({**FLAVOUR_DEFAULTS, "predict_method": method}.items()))
+    plain = {flavour for flavour, extra in runs if not any(_key(t) in FLAVOUR_DEFAULTS for t in extra)}
+    everyone = {flavour for flavour, _ in runs}
+    return next(iter(plain)) if len(plain) == 1 else next(iter(everyone)) if len(everyone) == 1 else None
 
 
 def _value_text(value: Any) -> str:

@@ -9,6 +9,7 @@ from xgrad.optim import factory as optimizer_registry
 
 __all__ = [
     "OPTIMIZER_ORDER",
+    "default_prediction",
     "fmt_diff",
     "fmt_mean_std",
     "higher_is_better",
@@ -39,6 +40,13 @@ MODELS = {
 # order (the README's), so every table and figure lists optimizers alike.
 OPTIMIZERS = {name: spec.label for name, spec in optimizer_registry.OPTIMIZERS.items()}
 OPTIMIZER_ORDER = list(OPTIMIZERS)
+
+
+def default_prediction(name: str) -> str | None:
+    """What ``predict_method=auto`` runs for the registered optimizer ``name`` ("rule" or "extrapolate"; None
+    when it is not registered here or cannot predict)."""
+    spec = optimizer_registry.OPTIMIZERS.get(name)
+    return spec.prediction if spec is not None and spec.can_predict else None
 
 
 def pretty_dataset(name: str) -> str:
