@@ -7,8 +7,10 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -834,3 +836,34 @@ def test_rows_borrow_a_baseline_only_for_another_way_of_predicting() -> None:
     assert set(groups) == {"lr tuned: x", "predict_method=extrapolate"}  # the baseline's own row: all shared
     assert not (~groups["lr tuned: x"]["predict"]).any()
     assert (~groups["predict_method=extrapolate"]["predict"]).sum() == 2
+
+
+def test_equal_runs_count_once_within_a_study_and_the_measuring_one_is_kept(tmp_path: Path) -> None:
+    """The second dedupe pass (same computation, other config_id) stays inside one scope (a tuning study's folder):
+    two studies' equal baselines both stay; among equals it keeps the run that measured the prediction error."""
+    a = write_run(tmp_path / "study_a", optimizer="adamw", curve=[0.5], pair_id="p", config_id="ca")
+    b = write_run(tmp_path / "study_b", optimizer="adamw", curve=[0.5], pair_id="p", config_id="cb",
+                  overrides="optimizer=adamw,predict=false,predict_method=extrapolate")  # fmt: skip
+    assert len(drop_duplicate_seeds(collect([a, b])).runs) == 1
+    kept = drop_duplicate_seeds(collect([a, b]), scopes=[tmp_path / "study_a", tmp_path / "study_b"])
+    assert len(kept.runs) == 2 and not kept.skipped
+
+    measured = write_run(tmp_path / "m", optimizer="adamw", predict=True, curve=[0.5], pair_id="p", config_id="m")
+    metrics = pd.read_csv(measured / "metrics.csv").assign(prediction_error=0.3, prediction_cosine=0.9)
+    metrics.to_csv(measured / "metrics.csv", index=False)
+    quiet = write_run(tmp_path / "q", optimizer="adamw", predict=True, curve=[0.5], pair_id="p", config_id="q",
+                      overrides="optimizer=adamw,predict=true,prediction_error_every=0")  # fmt: skip
+    os.utime(quiet / "summary.json", (time.time() + 60, time.time() + 60))  # the newer one
+    kept = drop_duplicate_seeds(collect([measured, quiet]))
+    assert [r.source for r in kept.runs] == [str(measured)]
+    assert "measured the prediction error" in kept.skipped[0].reason
+
+
+def test_a_folder_without_its_config_takes_how_it_predicted_from_its_overrides(tmp_path: Path) -> None:
+    plain = write_run(tmp_path / "plain", optimizer="adamw", predict=True, curve=[0.5], pair_id="p", config_id="a")
+    decay = write_run(tmp_path / "decay", optimizer="adamw", predict=True, curve=[0.6], pair_id="p", config_id="b",
+                      overrides="optimizer=adamw,predict=true,predict_weight_decay=true")  # fmt: skip
+    shutil.rmtree(decay / ".hydra")
+    kept = drop_duplicate_seeds(collect([plain, decay]))
+    assert len(kept.runs) == 2  # not one computation: the decay is in its overrides
+    assert sorted(runs_frame(kept.runs)["flavour"]) == [(), ("predict_weight_decay=true",)]

@@ -17,7 +17,7 @@ from pathlib import Path
 from .build import build_report, check_out
 from .collect import Collection, ReportError, collect, drop_duplicate_seeds
 from .reference import load_reference
-from .tuning import find_studies
+from .tuning import TunedStudy, find_studies
 
 __all__ = ["main"]
 
@@ -47,14 +47,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def load(args: argparse.Namespace) -> Collection:
-    """Every run named by the arguments, one per (configuration, seed)."""
+def load(args: argparse.Namespace, studies: list[TunedStudy]) -> Collection:
+    """Every run named by the arguments, one per (computation, seed) within each study (see drop_duplicate_seeds)."""
     collection = collect([Path(d) for d in args.result_dirs])
     if args.wandb:
         from .wandb_source import load_wandb
 
         collection.extend(load_wandb(args.wandb))
-    return drop_duplicate_seeds(collection)
+    return drop_duplicate_seeds(collection, scopes=[study.folder for study in studies])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         check_out(args.out)  # before the runs are read: a wrong --out is said at once
-        collection = load(args)
+        studies = find_studies([Path(d) for d in args.result_dirs])
+        collection = load(args, studies)
         reference = None
         if args.reference is not None:
             reference = load_reference(None if args.reference == SHIPPED else args.reference)
-        studies = find_studies([Path(d) for d in args.result_dirs])
         index = build_report(
             collection, args.out, reference, inputs=sys.argv[1:] if argv is None else argv, studies=studies
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,25 +251,46 @@ def collect(roots: Iterable[Path]) -> Collection:
     return collection
 
 
-def drop_duplicate_seeds(collection: Collection) -> Collection:
-    """Keep one run per (group, seed): the most recently written; the others are listed as skipped."""
-    latest: dict[tuple, Run] = {}
+def drop_duplicate_seeds(collection: Collection, scopes: Iterable[Path] = ()) -> Collection:
+    """Keep one run per seed of one computation; the others are listed as skipped.
+
+    Two passes. One configuration (``config_id``, e.g. a folder and its W&B copy): the most recently written run.
+    Then, within each of ``scopes`` (a tuning study's folder; all runs outside them are one scope), runs that
+    compute the same numbers under another spelling (:func:`seed_key`: ``predict_method=auto`` and ``=rule``,
+    another ``prediction_error_every``): the one that measured the prediction error, then the newest. A study
+    keeps its own runs: another study's equal baseline is no duplicate of them.
+    """
+    folders = [Path(scope).resolve() for scope in scopes]
+
+    def scope(run: Run) -> Path | None:
+        path = Path(run.source).resolve()
+        return next((f for f in folders if path.is_relative_to(f)), None)
+
+    collection = _keep_one(collection, lambda r: (*group_key(r.summary), r.summary["seed"]), lambda r: r.mtime,
+                           "of this configuration", "newer, used")  # fmt: skip
+    return _keep_one(collection, lambda r: (scope(r), *seed_key(r)), lambda r: (_measured(r), r.mtime),
+                     "of this computation", "used: measured the prediction error, or newer")  # fmt: skip
+
+
+def _keep_one(
+    collection: Collection, key: Callable[[Run], tuple], rank: Callable[[Run], Any], what: str, why: str
+) -> Collection:
+    best: dict[tuple, Run] = {}
     for run in collection.runs:
-        key = seed_key(run)
-        if key not in latest or run.mtime > latest[key].mtime:
-            latest[key] = run
-    chosen = {id(run) for run in latest.values()}  # identity: Run holds DataFrames, so == is not usable
-    kept = [r for r in collection.runs if id(r) in chosen]
+        k = key(run)
+        if k not in best or rank(run) > rank(best[k]):
+            best[k] = run
+    chosen = {id(run) for run in best.values()}  # identity: Run holds DataFrames, so == is not usable
     dropped = [
-        Skipped(
-            r.source,
-            f"duplicate: seed {r.summary['seed']} of this configuration is also in "
-            f"{latest[seed_key(r)].source} (newer, used)",
-        )
+        Skipped(r.source, f"duplicate: seed {r.summary['seed']} {what} is also in {best[key(r)].source} ({why})")
         for r in collection.runs
         if id(r) not in chosen
-    ]
-    return Collection(kept, collection.skipped + dropped)
+    ]  # fmt: skip
+    return Collection([r for r in collection.runs if id(r) in chosen], collection.skipped + dropped)
+
+
+def _measured(run: Run) -> bool:
+    return bool(run.metrics.get("prediction_error", pd.Series(dtype=float)).notna().any())
 
 
 # ----------------------------------------------------------------------------------- grouping
@@ -398,7 +419,9 @@ def prediction_flavour(run: Run) -> tuple[tuple[str, Any], ...] | None:
     default."""
     if not run.summary["predict"]:
         return None
-    flavour = {k: run.config.get(k, default) for k, default in FLAVOUR_DEFAULTS.items()}
+    overrides = dict(item.split("=", 1) for item in split_overrides(run.summary.get("overrides") or "") if "=" in item)
+    # a folder without its config: the overrides say what was not the default
+    flavour = {k: run.config.get(k, _parsed(overrides.get(k, default))) for k, default in FLAVOUR_DEFAULTS.items()}
     if run.summary.get("predict_method"):
         flavour["predict_method"] = run.summary["predict_method"]
     elif flavour["predict_method"] == "auto":  # a summary from before it recorded what auto ran
@@ -472,6 +495,10 @@ def _default_flavour(optimizer: str, runs: list[tuple[tuple, tuple[str, ...]]]) 
     plain = {flavour for flavour, extra in runs if not any(_key(t) in FLAVOUR_DEFAULTS for t in extra)}
     everyone = {flavour for flavour, _ in runs}
     return next(iter(plain)) if len(plain) == 1 else next(iter(everyone)) if len(everyone) == 1 else None
+
+
+def _parsed(value: Any) -> Any:
+    return yaml.safe_load(value) if isinstance(value, str) else value
 
 
 def _value_text(value: Any) -> str:
