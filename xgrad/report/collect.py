@@ -290,6 +290,7 @@ def _keep_one(
 
 
 def _measured(run: Run) -> bool:
+    """Whether the run measured its prediction error (xgrad.prediction_error) in some epoch."""
     return bool(run.metrics.get("prediction_error", pd.Series(dtype=float)).notna().any())
 
 
@@ -321,8 +322,7 @@ def extra_overrides(overrides: str) -> tuple[str, ...]:
     """The overrides that are neither the seed nor one of the report's own columns, sorted."""
     kept = []
     for item in split_overrides(overrides):
-        key = re.sub(r"^[+~]+", "", item.split("=", 1)[0])  # "+key=value" / "~key" name the same key
-        if key not in NON_VARIANT_KEYS:
+        if _key(item) not in NON_VARIANT_KEYS:
             kept.append(item)
     return tuple(sorted(kept))
 
@@ -399,7 +399,7 @@ def runs_frame(runs: list[Run]) -> pd.DataFrame:
                 "device": str(s.get("device", "")),
                 "num_layers": _num_layers(run.config),
                 # its time and memory include the prediction-error measurement (xgrad.prediction_error)
-                "measured_error": bool(run.metrics.get("prediction_error", pd.Series(dtype=float)).notna().any()),
+                "measured_error": _measured(run),
             }
         )
     frame = pd.DataFrame(rows)
@@ -457,6 +457,7 @@ def _extra_by_identity(
 
 
 def _key(override: str) -> str:
+    """The key an override sets: ``+key=value`` / ``~key`` name the same key as ``key=value``."""
     return re.sub(r"^[+~]+", "", override.split("=", 1)[0])
 
 
