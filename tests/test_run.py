@@ -660,3 +660,22 @@ def test_a_run_resumed_under_other_code_records_both_commits(tmp_path, monkeypat
     train_killed_at(cfg, old, monkeypatch, epoch=1)  # killed again before its first checkpoint under d
     assert read_summary(old)["git_commits"] == ["c" * 40, "d" * 40]  # and its summary now says d ...
     assert train(cfg, old).summary["git_commits"] == ["c" * 40, "d" * 40]  # ... but c trained epoch 1
+
+
+def test_the_commit_is_read_once_per_process(monkeypatch):
+    """A checkout moved on mid-run does not change the commit recorded: the code running is the code imported."""
+    import xgrad.trainer as trainer_module
+
+    heads = iter(["a" * 40, "b" * 40])
+    calls = []
+
+    def rev_parse(*args, **kwargs):
+        calls.append(args)
+        return subprocess.CompletedProcess(args, 0, stdout=next(heads) + "\n")
+
+    trainer_module.git_commit.cache_clear()
+    monkeypatch.setattr(trainer_module.subprocess, "run", rev_parse)
+    try:
+        assert trainer_module.git_commit() == trainer_module.git_commit() == "a" * 40 and len(calls) == 1
+    finally:
+        trainer_module.git_commit.cache_clear()

@@ -8,6 +8,7 @@ the same command resumes from the checkpoint and ends with the same metrics as a
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -77,8 +78,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The commit of the xgrad checkout, if it is one."""
+    """The commit of the xgrad checkout, if it is one: read once per process, since the code that runs is the code
+    imported (a checkout moved on mid-run does not change it), and every summary write asked git again."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
